@@ -1,0 +1,41 @@
+# Everything the project needs is installed from here: `make serve` and `make test` work on a
+# fresh machine. TORCH pins the CPU wheel for development and CI; GPU users: `make serve TORCH=torch`.
+VENV ?= .venv
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+
+.PHONY: serve test lint typecheck check bench clean install
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) "$(TORCH)"
+	$(PIP) -e '.[dev]'
+	$(BIN)/python -c "import torch, transformers, fastapi, pytest"
+	touch $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/ckpt migrate
+	$(BIN)/ckpt serve
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check app tests bench migrations
+	$(BIN)/ruff format --check app tests bench migrations
+
+typecheck: $(STAMP)
+	$(BIN)/mypy app
+
+check: lint typecheck test
+
+bench: $(STAMP)
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

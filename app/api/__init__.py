@@ -1,0 +1,1 @@
+"""HTTP layer: thin routers and pydantic schemas, one module per resource."""

@@ -1,0 +1,160 @@
+"""`ckpt`: the command line entry point."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from app.config import Settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    code: int = args.handler(args)
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ckpt", description="Checkpoint Registry")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the HTTP API")
+    serve.add_argument("--host", default=None, help="bind address (default CKPT_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (default CKPT_PORT or 8000)")
+    serve.set_defaults(handler=_serve)
+
+    migrate = commands.add_parser("migrate", help="bring the database to the latest schema")
+    migrate.set_defaults(handler=_migrate)
+
+    worker = commands.add_parser("worker", help="run a verification worker (owns the device)")
+    worker.set_defaults(handler=_worker)
+
+    reference = commands.add_parser(
+        "reference-outputs",
+        help="record a model folder's outputs, to prove them later with a verification",
+    )
+    reference.add_argument("model_dir", type=Path, help="a save_pretrained() folder")
+    reference.add_argument("--prompts", nargs="+", default=None, help="prompt texts")
+    reference.add_argument("--max-new-tokens", type=int, default=32)
+    reference.add_argument("--device", default="cpu")
+    reference.add_argument("-o", "--output", type=Path, default=None, help="file (default stdout)")
+    reference.set_defaults(handler=_reference_outputs)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.db.engine import Database
+    from app.db.migrate import schema_problem
+
+    settings = Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.resolved_database_url)
+    problem = schema_problem(db.engine, db.url)
+    db.dispose()
+    if problem:
+        print(f"ckpt serve: {problem}", file=sys.stderr)
+        return 1
+    worker = EmbeddedWorker() if settings.embedded_worker else None
+    try:
+        uvicorn.run(
+            "app.main:create_app",
+            factory=True,
+            host=args.host or settings.host,
+            port=args.port or settings.port,
+            timeout_graceful_shutdown=10,
+        )
+    finally:
+        if worker is not None:
+            worker.stop()
+    return 0
+
+
+class EmbeddedWorker:
+    """One `ckpt worker` process beside the API, restarted if it dies."""
+
+    def __init__(self) -> None:
+        self._stopping = threading.Event()
+        self._process = self._spawn()
+        self._watcher = threading.Thread(target=self._watch, daemon=True)
+        self._watcher.start()
+
+    @staticmethod
+    def _spawn() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker"], preexec_fn=_terminate_with_parent
+        )
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(1.0):
+            if self._process.poll() is not None and not self._stopping.is_set():
+                logging.getLogger(__name__).warning(
+                    "embedded worker exited with %s; restarting", self._process.returncode
+                )
+                self._process = self._spawn()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+
+
+def _terminate_with_parent() -> None:
+    """Linux: the worker gets SIGTERM if `ckpt serve` dies, so no orphan keeps the device."""
+    if sys.platform == "linux":
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _worker(_args: argparse.Namespace) -> int:
+    from app.worker.main import run_worker
+
+    return run_worker(Settings())
+
+
+def _reference_outputs(args: argparse.Namespace) -> int:
+    from app.verify.reference_outputs import record_reference_outputs
+
+    document = record_reference_outputs(
+        args.model_dir,
+        prompts=args.prompts,
+        token_ids=None,
+        max_new_tokens=args.max_new_tokens,
+        device=args.device,
+    )
+    text = json.dumps(document)
+    if args.output is None:
+        print(text)
+    else:
+        args.output.write_text(text)
+        print(f"reference outputs for {len(document['prompts'])} prompts -> {args.output}")
+    return 0
+
+
+def _migrate(_args: argparse.Namespace) -> int:
+    from app.db.migrate import upgrade
+
+    settings = Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url)
+    print(f"database at the latest schema: {settings.resolved_database_url}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

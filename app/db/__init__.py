@@ -1,0 +1,1 @@
+"""Persistence: typed models, engine/session setup, repositories (queries only, never commit)."""

@@ -1,0 +1,144 @@
+"""SQLAlchemy 2 typed models. Tables are created by Alembic migrations only."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+    __table_args__ = (
+        Index("uq_checkpoints_name_version", "name", "version", unique=True),
+        Index("uq_checkpoints_name_sha256", "name", "sha256", unique=True),
+        Index("ix_checkpoints_weights_digest", "weights_digest"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[int]
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text)
+    format: Mapped[str] = mapped_column(String(16))
+    filename: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    uncompressed_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    parameter_count: Mapped[int] = mapped_column(BigInteger)
+    parameters_by_dtype: Mapped[dict[str, Any]]
+    tensor_count: Mapped[int]
+    bytes_per_parameter: Mapped[float | None] = mapped_column(Float)
+    weights_digest: Mapped[str] = mapped_column(String(64))
+    largest_tensors: Mapped[list[Any]]
+    architecture: Mapped[dict[str, Any] | None]
+    config: Mapped[dict[str, Any] | None]
+    training: Mapped[dict[str, Any] | None]
+    tokenizer: Mapped[dict[str, Any]]
+    user_metadata: Mapped[dict[str, Any]]
+
+    files: Mapped[list[CheckpointFile]] = relationship(
+        back_populates="checkpoint", cascade="all, delete-orphan", order_by="CheckpointFile.path"
+    )
+    aliases: Mapped[list[Alias]] = relationship(
+        back_populates="checkpoint", cascade="all, delete-orphan", order_by="Alias.alias"
+    )
+
+
+class CheckpointFile(Base):
+    __tablename__ = "checkpoint_files"
+
+    checkpoint_id: Mapped[str] = mapped_column(
+        ForeignKey("checkpoints.id", ondelete="CASCADE"), primary_key=True
+    )
+    path: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    origin: Mapped[str] = mapped_column(String(16))
+
+    checkpoint: Mapped[Checkpoint] = relationship(back_populates="files")
+
+
+class TensorRow(Base):
+    __tablename__ = "tensors"
+
+    checkpoint_id: Mapped[str] = mapped_column(
+        ForeignKey("checkpoints.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    dtype: Mapped[str] = mapped_column(String(16))
+    shape: Mapped[list[Any]]
+    numel: Mapped[int] = mapped_column(BigInteger)
+    nbytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    file: Mapped[str] = mapped_column(String(1024))
+
+
+class Alias(Base):
+    __tablename__ = "aliases"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(64), primary_key=True)
+    checkpoint_id: Mapped[str] = mapped_column(
+        ForeignKey("checkpoints.id", ondelete="CASCADE"), index=True
+    )
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+    checkpoint: Mapped[Checkpoint] = relationship(back_populates="aliases")
+
+
+class Verification(Base):
+    """One verification request and, once the worker ran it, its report."""
+
+    __tablename__ = "verifications"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    checkpoint_id: Mapped[str] = mapped_column(
+        ForeignKey("checkpoints.id", ondelete="CASCADE"), index=True
+    )
+    status: Mapped[str] = mapped_column(String(16))
+    request: Mapped[dict[str, Any]]
+    # A reference outputs document can be megabytes: loaded only by the worker that needs it.
+    reference_outputs: Mapped[dict[str, Any] | None] = mapped_column(deferred=True)
+    report: Mapped[dict[str, Any] | None]
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Job(Base):
+    """A unit of work for a worker, claimed with a lease that heartbeats extend."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_state_leased_until", "state", "leased_until"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    kind: Mapped[str] = mapped_column(String(32))
+    subject_id: Mapped[str] = mapped_column(String(32), index=True)
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(default=0)
+    max_attempts: Mapped[int]
+    worker_id: Mapped[str | None] = mapped_column(String(128))
+    leased_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    error: Mapped[str | None] = mapped_column(Text)

@@ -1,0 +1,1 @@
+"""Untrusted bytes -> validated artifact. Nothing in here trusts the upload."""

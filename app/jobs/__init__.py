@@ -1,0 +1,1 @@
+"""The job table: enqueue in the caller's transaction, claim with a lease, retry or fail."""

@@ -1,0 +1,1 @@
+"""Domain logic between the HTTP layer and persistence."""

@@ -1,0 +1,97 @@
+"""Verification requests: validated here, queued as jobs, reported back by the worker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.db.engine import Database
+from app.db.models import Checkpoint, Verification
+from app.db.repositories import CheckpointRepository
+from app.errors import NotFound
+from app.jobs.queue import enqueue
+from app.services.verification_views import (
+    VerificationList,
+    VerificationRequest,
+    VerificationView,
+)
+from app.verify.reference_outputs import parse_reference_outputs
+
+VERIFY_JOB = "verify"
+
+
+def schedule_verification(
+    session: Session,
+    checkpoint_id: str,
+    request: dict[str, Any],
+    *,
+    max_attempts: int,
+    reference_outputs: dict[str, Any] | None = None,
+) -> Verification:
+    """Insert a queued verification and its job in the caller's transaction."""
+    verification = Verification(
+        checkpoint_id=checkpoint_id,
+        status="queued",
+        request=request,
+        reference_outputs=reference_outputs,
+    )
+    session.add(verification)
+    session.flush()
+    enqueue(session, VERIFY_JOB, verification.id, max_attempts=max_attempts)
+    return verification
+
+
+def default_request() -> dict[str, Any]:
+    return VerificationRequest().model_dump(mode="json", exclude_none=True)
+
+
+class VerificationService:
+    def __init__(self, db: Database, max_attempts: int) -> None:
+        self.db = db
+        self.max_attempts = max_attempts
+
+    def request(self, ref: str, body: VerificationRequest) -> VerificationView:
+        outputs = None
+        if body.reference is not None and body.reference.outputs is not None:
+            parse_reference_outputs(body.reference.outputs)  # reject a malformed document now
+            outputs = body.reference.outputs
+        with self.db.transaction() as session:
+            repo = CheckpointRepository(session)
+            checkpoint = repo.require(ref)
+            stored = body.model_dump(mode="json", exclude_none=True)
+            if body.reference is not None and body.reference.checkpoint is not None:
+                reference = repo.require(body.reference.checkpoint)
+                stored["reference"] = {"checkpoint": reference.id}
+            elif outputs is not None:
+                stored["reference"] = {"outputs": "uploaded reference outputs document"}
+            row = schedule_verification(
+                session,
+                checkpoint.id,
+                stored,
+                max_attempts=self.max_attempts,
+                reference_outputs=outputs,
+            )
+            return VerificationView.of(row, checkpoint)
+
+    def get(self, verification_id: str) -> VerificationView:
+        with self.db.reading() as session:
+            row = session.get(Verification, verification_id)
+            if row is None:
+                raise NotFound(
+                    f"no verification {verification_id!r}", code="verification_not_found"
+                )
+            checkpoint = session.get(Checkpoint, row.checkpoint_id)
+            assert checkpoint is not None  # foreign key
+            return VerificationView.of(row, checkpoint)
+
+    def list_for(self, ref: str) -> VerificationList:
+        with self.db.reading() as session:
+            checkpoint = CheckpointRepository(session).require(ref)
+            rows = session.scalars(
+                select(Verification)
+                .where(Verification.checkpoint_id == checkpoint.id)
+                .order_by(Verification.created_at.desc(), Verification.id)
+            ).all()
+            return VerificationList(items=[VerificationView.of(r, checkpoint) for r in rows])

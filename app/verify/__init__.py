@@ -1,0 +1,1 @@
+"""Verification checks: one module per check; a report is a list of check results."""

@@ -1,0 +1,47 @@
+"""load: the model instantiates from the stored files and gives sane outputs."""
+
+from __future__ import annotations
+
+import torch
+
+from app.verify.base import CheckContext, CheckResult, not_applicable, verdict
+from app.verify.forward import subject_logits
+
+NAME = "load"
+
+
+def run(ctx: CheckContext) -> CheckResult:
+    reason = ctx.subject.model_unavailable_reason
+    if reason:
+        return not_applicable(NAME, reason)
+    model = ctx.subject.model()
+    logits = subject_logits(ctx)
+    vocab = int(model.config.vocab_size)
+    shapes_ok = all(
+        tuple(out.shape) == (len(ids), vocab) for out, ids in zip(logits, ctx.inputs, strict=True)
+    )
+    finite = all(bool(torch.isfinite(out).all()) for out in logits)
+    parameters = sum(p.numel() for p in model.parameters())
+    recorded = ctx.subject.view.parameter_count
+    problems = []
+    if not shapes_ok:
+        problems.append(f"logits are not [positions, {vocab}]")
+    if not finite:
+        problems.append("logits contain NaN or Inf")
+    if parameters != recorded:
+        problems.append(f"model has {parameters} parameters, {recorded} were recorded")
+    return verdict(
+        NAME,
+        not problems,
+        metrics={
+            "model_class": type(model).__name__,
+            "parameters": parameters,
+            "recorded_parameters": recorded,
+            "logits_shapes": [list(out.shape) for out in logits],
+            "finite": finite,
+            "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        },
+        thresholds={"parameters": recorded},
+        detail="; ".join(problems)
+        or f"{type(model).__name__} loads; logits finite and shaped [positions, {vocab}]",
+    )

@@ -1,0 +1,1 @@
+"""The process that owns the device: claims jobs, loads models, runs checks."""

@@ -1,0 +1,203 @@
+"""The `verify` job: load the checkpoint (and reference), run the checks, store the report."""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from sqlalchemy.orm import Session
+
+from app import __version__
+from app.db.engine import Database
+from app.db.models import Checkpoint, Verification, utcnow
+from app.db.repositories import CheckpointRepository
+from app.jobs.queue import ClaimedJob, JobQueue
+from app.services.checkpoints import VERIFIED
+from app.services.views import CheckpointView, TensorView
+from app.storage.blobs import BlobStore
+from app.verify.base import CHECK_NAMES, CheckContext, Tolerance, VerifyOptions
+from app.verify.reference_outputs import parse_reference_outputs
+from app.verify.runner import check_inputs_fit, choose_inputs, overall_status, run_checks
+from app.worker.device import describe_device, resolve_device
+from app.worker.loading import StoredCheckpoint, materialize
+
+ALL_CHECKS = (
+    "integrity",
+    "round_trip",
+    "load",
+    "equivalence",
+    "stability",
+    "weights",
+    "resumability",
+)
+
+
+@dataclass
+class VerifyJobRunner:
+    db: Database
+    store: BlobStore
+    queue: JobQueue
+    device: torch.device
+    cache_dir: Path
+
+    def run(self, job: ClaimedJob) -> None:
+        started = utcnow()
+        plan = self._load_plan(job.subject_id)
+        if plan is None:
+            with self.db.transaction() as session:
+                self.queue.finish(session, job, error="the verification no longer exists")
+            return
+        self._mark_running(job.subject_id)
+        report = self._report(plan, started)
+        with self.db.transaction() as session:
+            self.queue.finish(session, job)
+            _save_report(session, job.subject_id, report)
+
+    def fail(self, session: Session, verification_id: str, error: str) -> None:
+        """Record an error report for a job that could not run (or ran out of attempts)."""
+        report = {**_environment(self.device), "status": "error", "error": error, "checks": []}
+        _save_report(session, verification_id, report)
+
+    def _load_plan(self, verification_id: str) -> _Plan | None:
+        with self.db.reading() as session:
+            verification = session.get(Verification, verification_id)
+            if verification is None:
+                return None
+            repo = CheckpointRepository(session)
+            subject = _snapshot(repo, verification.checkpoint_id)
+            reference_id = (verification.request.get("reference") or {}).get("checkpoint")
+            reference = _snapshot(repo, reference_id) if reference_id else None
+            return _Plan(verification.request, subject, reference, verification.reference_outputs)
+
+    def _mark_running(self, verification_id: str) -> None:
+        with self.db.transaction() as session:
+            verification = session.get(Verification, verification_id)
+            if verification is not None:
+                verification.status = "running"
+
+    def _report(self, plan: _Plan, started: Any) -> dict[str, Any]:
+        clock = time.perf_counter()
+        device = self._device_for(plan.request.get("device", "auto"))
+        subject = self._loaded(plan.subject, device)
+        reference = self._loaded(plan.reference, device) if plan.reference else None
+        options = _options(plan.request)
+        if plan.outputs is not None:
+            # The document fixes the inputs and continuation length its outputs were made with.
+            document = parse_reference_outputs(plan.outputs)
+            inputs, texts = [list(ids) for ids in document.inputs], None
+            options = replace(options, max_new_tokens=document.max_new_tokens)
+        else:
+            inputs, texts = choose_inputs(
+                subject, prompts=options.prompts, token_ids=options.token_ids
+            )
+        check_inputs_fit(inputs, subject.view.architecture)
+        ctx = CheckContext(
+            subject=subject,
+            options=options,
+            device=device,
+            inputs=inputs,
+            reference=reference,
+            reference_outputs=plan.outputs,
+            blob_path=self.store.path,
+        )
+        results = run_checks(ctx)
+        return {
+            **_environment(device),
+            "status": overall_status(results),
+            "started_at": started.isoformat(),
+            "inputs": {"token_ids": inputs, "prompts": texts},
+            "timings": {r.name: round(r.seconds, 6) for r in results}
+            | {"total": round(time.perf_counter() - clock, 6)},
+            "checks": [r.as_dict() for r in results],
+            "error": None,
+        }
+
+    def _device_for(self, requested: str) -> torch.device:
+        return self.device if requested == "auto" else resolve_device(requested)
+
+    def _loaded(self, snapshot: _Snapshot, device: torch.device) -> StoredCheckpoint:
+        folder = materialize(snapshot.view, self.store, self.cache_dir)
+        return StoredCheckpoint(snapshot.view, folder, snapshot.tensors, device)
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    view: CheckpointView
+    tensors: list[TensorView]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    request: dict[str, Any]
+    subject: _Snapshot
+    reference: _Snapshot | None
+    outputs: dict[str, Any] | None
+
+
+def _snapshot(repo: CheckpointRepository, checkpoint_id: str) -> _Snapshot:
+    row = repo.require(checkpoint_id)
+    return _Snapshot(CheckpointView.of(row), [TensorView.of(t) for t in repo.tensors(row.id)])
+
+
+def _options(request: dict[str, Any]) -> VerifyOptions:
+    tolerance = request.get("tolerance")
+    prompts = request.get("prompts")
+    token_ids = request.get("token_ids")
+    return VerifyOptions(
+        checks=tuple(request.get("checks") or CHECK_NAMES),
+        prompts=tuple(prompts) if prompts else None,
+        token_ids=tuple(tuple(ids) for ids in token_ids) if token_ids else None,
+        tolerance=_tolerance(tolerance) if tolerance else None,
+        repeats=int(request.get("repeats", 3)),
+        max_new_tokens=int(request.get("max_new_tokens", 32)),
+    )
+
+
+def _tolerance(spec: dict[str, Any]) -> Tolerance:
+    base = Tolerance.defaults(same_device=True, dtype="float32")
+    return Tolerance(
+        max_abs_logit=spec.get("max_abs_logit", base.max_abs_logit),
+        min_top1_agreement=spec.get("min_top1_agreement", base.min_top1_agreement),
+        max_kl=spec.get("max_kl", base.max_kl),
+        max_variance=spec.get("max_variance", base.max_variance),
+    )
+
+
+def _environment(device: torch.device) -> dict[str, Any]:
+    import safetensors
+    import transformers
+
+    return {
+        "device": describe_device(device),
+        "library_versions": {
+            "checkpoint_registry": __version__,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "safetensors": safetensors.__version__,
+        },
+    }
+
+
+def _save_report(session: Session, verification_id: str, report: dict[str, Any]) -> None:
+    verification = session.get(Verification, verification_id)
+    if verification is None:
+        return
+    verification.status = report["status"]
+    verification.report = report
+    verification.finished_at = utcnow()
+    checkpoint = session.get(Checkpoint, verification.checkpoint_id)
+    if checkpoint is not None:
+        _promote(CheckpointRepository(session), checkpoint, report["status"])
+
+
+def _promote(repo: CheckpointRepository, checkpoint: Checkpoint, status: str) -> None:
+    """`verified` marks the name's version whose latest report passed; a failure removes it."""
+    if status == "passed":
+        repo.set_alias(checkpoint.name, VERIFIED, checkpoint.id)
+    elif VERIFIED in {a.alias for a in checkpoint.aliases}:
+        repo.remove_alias(checkpoint.name, VERIFIED)

@@ -1,0 +1,58 @@
+"""Session-wide fixtures: one tiny GPT-2 + tokenizer, saved in every upload format."""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.models import build_gpt2, build_tokenizer, save_model_folder, zip_folder
+
+
+@dataclass
+class TinyModel:
+    model: Any
+    tokenizer: Any
+    folder: Path
+    safetensors: Path
+    zip_stored: Path
+    zip_deflated: Path
+    state_dict_pt: Path
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    import torch
+
+    root = tmp_path_factory.mktemp("tiny-gpt2")
+    tokenizer = build_tokenizer()
+    model = build_gpt2(len(tokenizer))
+    folder = save_model_folder(model, tokenizer, root / "my_model")
+    state_dict_pt = root / "model.pt"
+    torch.save(model.state_dict(), state_dict_pt)
+    return TinyModel(
+        model=model,
+        tokenizer=tokenizer,
+        folder=folder,
+        safetensors=folder / "model.safetensors",
+        zip_stored=zip_folder(folder, root / "model.zip"),
+        zip_deflated=zip_folder(folder, root / "deflated.zip", compression=zipfile.ZIP_DEFLATED),
+        state_dict_pt=state_dict_pt,
+    )
+
+
+def leftover_temp_files(data_dir: Path) -> list[Path]:
+    return list((data_dir / "tmp").iterdir())
+
+
+def blob_count(data_dir: Path) -> int:
+    return sum(1 for p in (data_dir / "blobs").rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def fresh_dir(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / "data"
