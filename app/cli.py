@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -64,61 +62,14 @@ def _serve(args: argparse.Namespace) -> int:
     if problem:
         print(f"ckpt serve: {problem}", file=sys.stderr)
         return 1
-    worker = EmbeddedWorker() if settings.embedded_worker else None
-    try:
-        uvicorn.run(
-            "app.main:create_app",
-            factory=True,
-            host=args.host or settings.host,
-            port=args.port or settings.port,
-            timeout_graceful_shutdown=10,
-        )
-    finally:
-        if worker is not None:
-            worker.stop()
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        timeout_graceful_shutdown=10,
+    )
     return 0
-
-
-class EmbeddedWorker:
-    """One `ckpt worker` process beside the API, restarted if it dies."""
-
-    def __init__(self) -> None:
-        self._stopping = threading.Event()
-        self._process = self._spawn()
-        self._watcher = threading.Thread(target=self._watch, daemon=True)
-        self._watcher.start()
-
-    @staticmethod
-    def _spawn() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker"], preexec_fn=_terminate_with_parent
-        )
-
-    def _watch(self) -> None:
-        while not self._stopping.wait(1.0):
-            if self._process.poll() is not None and not self._stopping.is_set():
-                logging.getLogger(__name__).warning(
-                    "embedded worker exited with %s; restarting", self._process.returncode
-                )
-                self._process = self._spawn()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-
-
-def _terminate_with_parent() -> None:
-    """Linux: the worker gets SIGTERM if `ckpt serve` dies, so no orphan keeps the device."""
-    if sys.platform == "linux":
-        import ctypes
-        import signal
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _worker(_args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ from app.services.checkpoints import CheckpointService
 from app.services.diffs import DiffService
 from app.services.verifications import VerificationService
 from app.storage.blobs import BlobStore
+from app.worker.embedded import EmbeddedWorker
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.checkpoints = service
         app.state.verifications = VerificationService(db, settings.job_max_attempts)
         app.state.diffs = DiffService(db, store)
+        worker = EmbeddedWorker(settings) if settings.embedded_worker else None
         try:
             yield
         finally:
+            if worker is not None:
+                worker.stop()
             db.dispose()
 
     app = FastAPI(

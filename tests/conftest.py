@@ -56,3 +56,15 @@ def blob_count(data_dir: Path) -> int:
 @pytest.fixture
 def fresh_dir(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path / "data"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` run only where CUDA is available."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (none on this machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -25,6 +25,8 @@ def free_port() -> int:
 class LiveServer:
     def __init__(self, data_dir: Path, **overrides: object) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
+        # Tests start their own worker processes where they need them.
+        overrides.setdefault("embedded_worker", False)
         self.settings = Settings(data_dir=data_dir, **overrides)  # type: ignore[arg-type]
         upgrade(self.settings.resolved_database_url)
         self.port = free_port()

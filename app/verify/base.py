@@ -128,7 +128,16 @@ class CheckContext:
     cache: dict[str, Any] = field(default_factory=dict)
 
     def tolerance(self) -> Tolerance:
+        """The request's tolerance, else the default for this dtype and pair of devices.
+
+        A reference checkpoint is loaded on the same device as the subject; an outputs document
+        says where it was recorded, and another device type gets the looser defaults.
+        """
         if self.options.tolerance is not None:
             return self.options.tolerance
         dtype = next(iter(self.subject.view.parameters_by_dtype), "float32")
-        return Tolerance.defaults(same_device=self.reference_outputs is None, dtype=dtype)
+        same_device = True
+        if self.reference is None and self.reference_outputs is not None:
+            recorded_on = str(self.reference_outputs.get("device", "cpu")).split(":")[0]
+            same_device = recorded_on == self.device.type
+        return Tolerance.defaults(same_device=same_device, dtype=dtype)

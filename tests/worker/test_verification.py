@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -205,3 +206,37 @@ def test_bad_verification_requests(client: httpx.Client, original: dict[str, Any
     assert bad_doc.json()["error"]["code"] == "invalid_reference_outputs"
     bad_check = client.post("/v1/checkpoints/tiny/verifications", json={"checks": ["vibes"]})
     assert bad_check.status_code == 422
+
+
+def test_unknown_architecture_gets_weight_checks_only(client: httpx.Client, tmp_path: Path) -> None:
+    mlp = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    path = tmp_path / "mlp.pth"
+    torch.save(mlp.state_dict(), path)
+    checkpoint = upload_raw(client, path, "mlp").json()
+    report = wait_for_report(client, checkpoint["verification"]["id"])
+    assert report["status"] == "passed", failures(report)
+    checks = checks_by_name(report)
+    for name in ("integrity", "round_trip", "weights"):
+        assert checks[name]["status"] == "passed", checks[name]
+    for name in ("load", "stability"):
+        assert checks[name]["status"] == "not_applicable"
+        assert "unknown architecture" in checks[name]["detail"]
+    assert checks["round_trip"]["metrics"]["loader"] == "safetensors"
+
+
+def test_training_checkpoint_is_resumable(
+    client: httpx.Client, tiny: TinyModel, tmp_path: Path
+) -> None:
+    model = copy.deepcopy(tiny.model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    model(ids, labels=ids).loss.backward()
+    optimizer.step()
+    path = tmp_path / "train.pt"
+    state = {"model_state_dict": model.state_dict(), "optimizer_state_dict": optimizer.state_dict()}
+    torch.save({"epoch": 1, "step": 10, "val_loss": 3.2, **state}, path)
+    checkpoint = upload_raw(client, path, "trained").json()
+    report = wait_for_report(client, checkpoint["verification"]["id"])
+    resumability = checks_by_name(report)["resumability"]
+    assert resumability["status"] == "passed", resumability["detail"]
+    assert resumability["metrics"]["step_ok"] is True
