@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from tests.live_server import LiveServer
 from tests.models import build_gpt2, build_tokenizer, save_model_folder, zip_folder
 
 
@@ -53,9 +55,21 @@ def blob_count(data_dir: Path) -> int:
     return sum(1 for p in (data_dir / "blobs").rglob("*") if p.is_file())
 
 
-@pytest.fixture
-def fresh_dir(tmp_path: Path) -> Iterator[Path]:
-    yield tmp_path / "data"
+@pytest.fixture(scope="module")
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """One real server per test module; a module sets SERVER_SETTINGS to override settings."""
+    overrides = getattr(request.module, "SERVER_SETTINGS", {})
+    name = request.module.__name__.rsplit(".", 1)[-1]
+    with LiveServer(tmp_path_factory.mktemp(name) / "data", **overrides) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def client(server: LiveServer) -> Iterator[httpx.Client]:
+    with server.client() as http:
+        yield http
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

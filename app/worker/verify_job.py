@@ -25,16 +25,6 @@ from app.verify.runner import check_inputs_fit, choose_inputs, overall_status, r
 from app.worker.device import describe_device, resolve_device
 from app.worker.loading import StoredCheckpoint, materialize
 
-ALL_CHECKS = (
-    "integrity",
-    "round_trip",
-    "load",
-    "equivalence",
-    "stability",
-    "weights",
-    "resumability",
-)
-
 
 @dataclass
 class VerifyJobRunner:

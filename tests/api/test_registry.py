@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
 import pytest
 from safetensors.torch import save_file
@@ -12,18 +10,6 @@ from tests.api.test_upload import upload_raw
 from tests.conftest import TinyModel, blob_count
 from tests.live_server import LiveServer
 from tests.models import build_gpt2
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    with LiveServer(tmp_path_factory.mktemp("registry") / "data") as live:
-        yield live
-
-
-@pytest.fixture(scope="module")
-def client(server: LiveServer) -> Iterator[httpx.Client]:
-    with server.client() as http:
-        yield http
 
 
 @pytest.fixture(scope="module")

@@ -16,18 +16,7 @@ import pytest
 from tests.conftest import TinyModel, blob_count, leftover_temp_files
 from tests.live_server import LiveServer
 
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    data = tmp_path_factory.mktemp("untrusted") / "data"
-    with LiveServer(data, max_upload_bytes=5 << 20) as live:
-        yield live
-
-
-@pytest.fixture(scope="module")
-def client(server: LiveServer) -> Iterator[httpx.Client]:
-    with server.client() as http:
-        yield http
+SERVER_SETTINGS = {"max_upload_bytes": 5 << 20}
 
 
 class _Canary:

@@ -18,18 +18,6 @@ from tests.conftest import TinyModel, blob_count, leftover_temp_files
 from tests.live_server import LiveServer
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    with LiveServer(tmp_path_factory.mktemp("upload") / "data") as live:
-        yield live
-
-
-@pytest.fixture(scope="module")
-def client(server: LiveServer) -> Iterator[httpx.Client]:
-    with server.client() as http:
-        yield http
-
-
 def upload_multipart(client: httpx.Client, path: Path, name: str, **fields: str) -> httpx.Response:
     with path.open("rb") as handle:
         return client.post(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from app.verify.reference_outputs import record_reference_outputs
@@ -13,12 +11,6 @@ from tests.live_server import LiveServer
 from tests.worker_process import WorkerProcess, checks_by_name, wait_for_report
 
 pytestmark = pytest.mark.gpu
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    with LiveServer(tmp_path_factory.mktemp("gpu") / "data") as live:
-        yield live
 
 
 def test_cuda_worker_matches_cpu_reference_outputs(server: LiveServer, tiny: TinyModel) -> None:

@@ -22,18 +22,6 @@ from tests.worker_process import ROOT, WorkerProcess, checks_by_name, wait_for_r
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    with LiveServer(tmp_path_factory.mktemp("verify") / "data") as live:
-        yield live
-
-
-@pytest.fixture(scope="module")
-def client(server: LiveServer) -> Iterator[httpx.Client]:
-    with server.client() as http:
-        yield http
-
-
-@pytest.fixture(scope="module")
 def worker(server: LiveServer) -> Iterator[WorkerProcess]:
     with WorkerProcess(server.data_dir) as process:
         yield process

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import httpx
-import pytest
 from sqlalchemy import select
 
 from app.db.engine import Database
@@ -15,18 +13,6 @@ from tests.api.test_upload import upload_raw
 from tests.conftest import TinyModel
 from tests.live_server import LiveServer
 from tests.worker_process import WorkerProcess, checks_by_name, wait_for_report
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    with LiveServer(tmp_path_factory.mktemp("lifecycle") / "data") as live:
-        yield live
-
-
-@pytest.fixture(scope="module")
-def client(server: LiveServer) -> Iterator[httpx.Client]:
-    with server.client() as http:
-        yield http
 
 
 def jobs_for(server: LiveServer, verification_id: str) -> list[Job]:
