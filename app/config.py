@@ -25,6 +25,12 @@ class Settings(BaseSettings):
     job_lease_seconds: float = 30.0
     job_max_attempts: int = 3
     worker_poll_seconds: float = 0.5
+    default_model: str | None = None
+    model_cache_bytes: int = 4 << 30
+    max_queue: int = 64
+    max_batch: int = 8
+    max_stop_sequences: int = 4
+    max_top_n_tokens: int = 5
     host: str = "127.0.0.1"
     port: int = 8000
 

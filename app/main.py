@@ -9,13 +9,17 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import __version__
-from app.api import checkpoints, health, verifications
+from app.api import checkpoints, health, openai_compat, tgi, verifications
 from app.api.errors import install_error_handlers
 from app.config import Settings
 from app.db.engine import Database
 from app.db.migrate import schema_problem
+from app.generation import GenerationEngine, ModelCache
+from app.generation.cache import stored_checkpoint_loader
 from app.services.checkpoints import CheckpointService
 from app.services.diffs import DiffService
+from app.services.generation import GenerationCatalog
+from app.services.text_generation import GenerationLimits, TextGeneration
 from app.services.verifications import VerificationService
 from app.storage.blobs import BlobStore
 from app.worker.embedded import EmbeddedWorker
@@ -47,12 +51,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.checkpoints = service
         app.state.verifications = VerificationService(db, settings.job_max_attempts)
         app.state.diffs = DiffService(db, store)
+        app.state.generation = _text_generation(settings, db, store)
         worker = EmbeddedWorker(settings) if settings.embedded_worker else None
         try:
             yield
         finally:
             if worker is not None:
                 worker.stop()
+            app.state.generation.engine.close()
             db.dispose()
 
     app = FastAPI(
@@ -65,4 +71,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(checkpoints.router)
     app.include_router(verifications.router)
+    app.include_router(openai_compat.router)
+    app.include_router(tgi.router)
     return app
+
+
+def _text_generation(settings: Settings, db: Database, store: BlobStore) -> TextGeneration:
+    """The generation engine: models loaded lazily into an LRU cache, one scheduler thread."""
+    from app.worker.device import resolve_device
+
+    device = resolve_device(settings.device)
+    catalog = GenerationCatalog(db, settings.default_model)
+    cache_dir = settings.data_dir / "cache" / "checkpoints"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    loader = stored_checkpoint_loader(catalog.describe, store, cache_dir, device)
+    limits = GenerationLimits(
+        max_queue=settings.max_queue,
+        max_batch=settings.max_batch,
+        max_stop_sequences=settings.max_stop_sequences,
+        max_top_n_tokens=settings.max_top_n_tokens,
+    )
+    engine = GenerationEngine(
+        ModelCache(loader, settings.model_cache_bytes),
+        device,
+        max_queue=limits.max_queue,
+        max_batch=limits.max_batch,
+        max_stop_sequences=limits.max_stop_sequences,
+        max_top_n_tokens=limits.max_top_n_tokens,
+    )
+    return TextGeneration(catalog, engine, limits)

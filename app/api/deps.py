@@ -9,6 +9,8 @@ from fastapi import Depends, Request
 from app.config import Settings
 from app.services.checkpoints import CheckpointService
 from app.services.diffs import DiffService
+from app.services.text_generation import TextGeneration
+from app.services.verifications import VerificationService
 from app.storage.blobs import BlobStore
 
 
@@ -27,6 +29,16 @@ def _diffs(request: Request) -> DiffService:
     return service
 
 
+def _verifications(request: Request) -> VerificationService:
+    service: VerificationService = request.app.state.verifications
+    return service
+
+
+def _generation(request: Request) -> TextGeneration:
+    service: TextGeneration = request.app.state.generation
+    return service
+
+
 def _store(request: Request) -> BlobStore:
     store: BlobStore = request.app.state.store
     return store
@@ -35,4 +47,6 @@ def _store(request: Request) -> BlobStore:
 SettingsDep = Annotated[Settings, Depends(_settings)]
 CheckpointsDep = Annotated[CheckpointService, Depends(_checkpoints)]
 DiffsDep = Annotated[DiffService, Depends(_diffs)]
+VerificationsDep = Annotated[VerificationService, Depends(_verifications)]
+GenerationDep = Annotated[TextGeneration, Depends(_generation)]
 StoreDep = Annotated[BlobStore, Depends(_store)]

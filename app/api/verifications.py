@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
+from app.api.deps import VerificationsDep
 from app.api.errors import error_responses
 from app.services.verification_views import (
     VerificationList,
     VerificationRequest,
     VerificationView,
 )
-from app.services.verifications import VerificationService
 from app.verify.html import render_report_html
 
 router = APIRouter(tags=["verifications"])
-
-
-def _service(request: Request) -> VerificationService:
-    service: VerificationService = request.app.state.verifications
-    return service
-
-
-VerificationsDep = Annotated[VerificationService, Depends(_service)]
 
 
 @router.post(

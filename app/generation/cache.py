@@ -1,0 +1,167 @@
+"""Loaded models kept in memory within a byte budget, loaded once however many ask at once.
+
+Loading runs on the cache's own threads (never on the event loop) and only ever reads
+safetensors. The loader is injected: tests load a tiny folder, the service materializes a stored
+checkpoint (see `stored_checkpoint_loader`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from app.generation.errors import ModelUnavailable
+from app.services.views import CheckpointView, TensorView
+from app.storage.blobs import BlobStore
+from app.worker.loading import StoredCheckpoint, materialize
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """A model ready for inference (eval mode, on its device) with its tokenizer and config."""
+
+    model: Any
+    tokenizer: Any
+    config: Any
+    nbytes: int
+
+    @classmethod
+    def of(cls, model: Any, tokenizer: Any) -> LoadedModel:
+        return cls(
+            model=model, tokenizer=tokenizer, config=model.config, nbytes=parameter_bytes(model)
+        )
+
+    @property
+    def context_length(self) -> int:
+        return int(
+            getattr(self.config, "n_positions", None)
+            or getattr(self.config, "max_position_embeddings", None)
+            or 1024
+        )
+
+
+Loader = Callable[[str], LoadedModel]
+
+
+def parameter_bytes(model: Any) -> int:
+    """Bytes of the parameters; `parameters()` yields tied weights (lm_head = wte) once."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def load_model_folder(folder: Path, device: torch.device) -> LoadedModel:
+    """A saved Hugging Face folder, read through safetensors only, without remote code."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model: Any = AutoModelForCausalLM.from_pretrained(
+        folder, use_safetensors=True, local_files_only=True, trust_remote_code=False
+    )
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    return LoadedModel.of(model.to(device).eval(), tokenizer)
+
+
+def stored_checkpoint_loader(
+    describe: Callable[[str], tuple[CheckpointView, list[TensorView]]],
+    store: BlobStore,
+    cache_dir: Path,
+    device: torch.device,
+) -> Loader:
+    """A loader for stored checkpoints: `describe(id)` gives the view and tensors (raising
+    NotFound for an unknown id); the files are linked from the blob store into `cache_dir`."""
+
+    def load(checkpoint_id: str) -> LoadedModel:
+        view, tensors = describe(checkpoint_id)
+        checkpoint = StoredCheckpoint(view, materialize(view, store, cache_dir), tensors, device)
+        reason = checkpoint.model_unavailable_reason
+        if reason is not None:
+            raise ModelUnavailable(f"checkpoint {view.ref} cannot generate text: {reason}")
+        tokenizer = checkpoint.tokenizer()
+        if tokenizer is None:
+            raise ModelUnavailable(f"checkpoint {view.ref} has no tokenizer to generate text with")
+        return LoadedModel.of(checkpoint.model(), tokenizer)
+
+    return load
+
+
+class ModelCache:
+    """Models by checkpoint id, least recently used evicted beyond `budget_bytes`.
+
+    A model larger than the whole budget is still served: it evicts everything else and stays
+    until the next model arrives. Evicting only drops the cache's reference, so requests already
+    generating with a model keep it alive until they finish.
+    """
+
+    def __init__(self, loader: Loader, budget_bytes: int, *, load_threads: int = 1) -> None:
+        self.loader = loader
+        self.budget_bytes = budget_bytes
+        self.loads: Counter[str] = Counter()  # loads started, per id (tests assert single-flight)
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._inflight: dict[str, Future[LoadedModel]] = {}
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(load_threads, thread_name_prefix="model-load")
+
+    async def get(self, checkpoint_id: str) -> LoadedModel:
+        """The loaded model, loading it (once, off the event loop) when it is not resident."""
+        with self._lock:
+            loaded = self._models.get(checkpoint_id)
+            if loaded is not None:
+                self._models.move_to_end(checkpoint_id)
+                return loaded
+            future = self._inflight.get(checkpoint_id)
+            if future is None:
+                future = self._executor.submit(self._load, checkpoint_id)
+                self._inflight[checkpoint_id] = future
+                self.loads[checkpoint_id] += 1
+        # Shielded: a waiter that is cancelled (client gone) must not cancel the shared load.
+        return await asyncio.shield(asyncio.wrap_future(future))
+
+    def peek(self, checkpoint_id: str) -> LoadedModel | None:
+        """The resident model, without loading it or touching the LRU order."""
+        with self._lock:
+            return self._models.get(checkpoint_id)
+
+    def discard(self, checkpoint_id: str) -> bool:
+        """Forget a model (say, its checkpoint was deleted); True when it was resident."""
+        with self._lock:
+            return self._models.pop(checkpoint_id, None) is not None
+
+    def resident(self) -> list[str]:
+        """Resident ids, least recently used first."""
+        with self._lock:
+            return list(self._models)
+
+    @property
+    def resident_bytes(self) -> int:
+        with self._lock:
+            return sum(m.nbytes for m in self._models.values())
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _load(self, checkpoint_id: str) -> LoadedModel:
+        try:
+            loaded = self.loader(checkpoint_id)
+        except BaseException:
+            with self._lock:
+                self._inflight.pop(checkpoint_id, None)  # the next request tries again
+            raise
+        with self._lock:
+            self._inflight.pop(checkpoint_id, None)
+            self._models[checkpoint_id] = loaded
+            self._evict_over_budget(keep=checkpoint_id)
+        return loaded
+
+    def _evict_over_budget(self, keep: str) -> None:
+        total = sum(m.nbytes for m in self._models.values())
+        for candidate in list(self._models):
+            if total <= self.budget_bytes:
+                break
+            if candidate != keep:
+                total -= self._models.pop(candidate).nbytes

@@ -1,0 +1,176 @@
+"""The model arithmetic of continuous batching for GPT-2: prefill one sequence, decode many.
+
+Why not one left-padded batch cache through the model's own forward: on CPU (MKL) a matrix
+product's row results depend on how many rows are multiplied together (an M=1 product takes a
+GEMV path, M≥2..4 a blocked GEMM with another summation order), and attention over a padded,
+longer key axis sums in another order too. Either makes a batched sequence's logits differ in
+the last bits from `generate`'s, which runs every decode step with M=1 and an unpadded cache.
+So here:
+
+* prefill is the model's own forward on the prompt alone, exactly as `generate` calls it;
+* decode runs all sequences through each layer together, but attention is computed per
+  sequence on its own unpadded key/value rows (a preallocated buffer per sequence, written in
+  place; no padding, no masks, no cache rebuild when the batch changes);
+* the dense products (QKV, projections, MLP, LM head) are either batched (fast, last-bit
+  differences possible) or, with `batch_invariant=True`, computed one row at a time so each
+  sequence's logits are bit-identical to `generate` whatever it is batched with. The per-row
+  products still share the weights while they are in cache, which is all the batching that is
+  possible without changing the arithmetic.
+
+Element-wise ops and LayerNorm are row-independent and are always batched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.gpt2.modeling_gpt2 import eager_attention_forward
+
+from app.generation.errors import ModelUnavailable
+
+
+class SequenceCache:
+    """One sequence's keys and values, [1, heads, capacity, head_dim] per layer, filled in place."""
+
+    def __init__(self, layers: int, heads: int, head_dim: int, capacity: int, like: Any) -> None:
+        # One allocation for all layers; entry 2*layer holds keys, 2*layer+1 values.
+        self.buffer = torch.empty(
+            (2 * layers, 1, heads, capacity, head_dim), dtype=like.dtype, device=like.device
+        )
+        self.length = 0
+        self.capacity = capacity
+
+    def fill(self, cache: Any) -> None:
+        """Copy a prefill's DynamicCache in."""
+        for layer_index, layer in enumerate(cache.layers):
+            length = layer.keys.shape[-2]
+            self.buffer[2 * layer_index, :, :, :length] = layer.keys
+            self.buffer[2 * layer_index + 1, :, :, :length] = layer.values
+            self.length = length
+
+    def append(
+        self, layer: int, key: torch.Tensor, value: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this step's key/value at `length`; the views up to and including it."""
+        end = self.length + 1
+        keys = self.buffer[2 * layer, :, :, :end]
+        values = self.buffer[2 * layer + 1, :, :, :end]
+        keys[:, :, self.length] = key[:, :, 0]
+        values[:, :, self.length] = value[:, :, 0]
+        return keys, values
+
+
+class GPT2Runner:
+    """Forward passes of one GPT-2 model (GPT2LMHeadModel) for the scheduler thread."""
+
+    def __init__(self, model: Any, *, batch_invariant: bool) -> None:
+        config = model.config
+        if getattr(config, "model_type", None) != "gpt2":
+            raise ModelUnavailable(f"model type {config.model_type!r} is not supported")
+        if getattr(config, "add_cross_attention", False):
+            raise ModelUnavailable("GPT-2 with cross-attention is not a text generator")
+        self.model = model
+        self.config = config
+        self.batch_invariant = batch_invariant
+        transformer = model.transformer
+        self.wte, self.wpe, self.ln_f = transformer.wte, transformer.wpe, transformer.ln_f
+        self.blocks = list(transformer.h)
+        self.lm_head = model.lm_head
+        self.heads = int(config.n_head)
+        self.head_dim = int(config.n_embd) // self.heads
+        self.embed_dim = int(config.n_embd)
+        self.device: torch.device = model.lm_head.weight.device
+        implementation = config._attn_implementation or "sdpa"
+        self.eager_reordered = implementation == "eager" and bool(config.reorder_and_upcast_attn)
+        self.attention = ALL_ATTENTION_FUNCTIONS.get_interface(
+            implementation, eager_attention_forward
+        )
+
+    def new_cache(self, capacity: int) -> SequenceCache:
+        return SequenceCache(
+            len(self.blocks), self.heads, self.head_dim, capacity, self.lm_head.weight
+        )
+
+    @torch.inference_mode()
+    def prefill(
+        self, prompt: list[int], cache: SequenceCache, *, all_logits: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The prompt through the model's own forward, as `generate`'s first step (position
+        ids, no attention mask, LM head on the last position only). Returns the last position's
+        float32 logits [1, vocab] and, when asked, every position's [seq, vocab]."""
+        ids = torch.tensor([prompt], dtype=torch.long, device=self.device)
+        dynamic = DynamicCache(config=self.config)
+        hidden = self.model.transformer(
+            input_ids=ids,
+            past_key_values=dynamic,
+            position_ids=torch.arange(len(prompt), device=self.device).unsqueeze(0),
+            use_cache=True,
+        ).last_hidden_state
+        # GPT2LMHeadModel with logits_to_keep=1 slices like this before its LM head; the full
+        # LM head (M=seq rows) would give the last row other bits.
+        last = self.lm_head(hidden[:, -1:, :])[:, -1].to(copy=True, dtype=torch.float32)
+        cache.fill(dynamic)
+        every = self.lm_head(hidden)[0].float() if all_logits else None
+        return last, every
+
+    @torch.inference_mode()
+    def decode(self, caches: list[SequenceCache], tokens: list[int]) -> torch.Tensor:
+        """One step for every sequence: feed its last token, return float32 logits [n, vocab]."""
+        rows = len(caches)
+        ids = torch.tensor(tokens, dtype=torch.long, device=self.device).view(rows, 1)
+        positions = torch.tensor(
+            [cache.length for cache in caches], dtype=torch.long, device=self.device
+        ).view(rows, 1)
+        hidden = self.wte(ids) + self.wpe(positions)
+        for layer, block in enumerate(self.blocks):
+            hidden = self._block(layer, block, hidden, caches)
+        for cache in caches:
+            cache.length += 1
+        logits = self._dense(self.lm_head, self.ln_f(hidden))
+        result: torch.Tensor = logits[:, -1].to(copy=True, dtype=torch.float32)
+        return result
+
+    def _block(
+        self, layer: int, block: Any, hidden: torch.Tensor, caches: list[SequenceCache]
+    ) -> torch.Tensor:
+        """GPT2Block.forward with per-sequence attention (same operations, same order)."""
+        attn = block.attn
+        qkv = self._dense(attn.c_attn, block.ln_1(hidden))
+        query, key, value = torch.split(qkv, self.embed_dim, dim=2)
+        shape = (hidden.shape[0], 1, self.heads, self.head_dim)
+        query = query.view(shape).transpose(1, 2)
+        key = key.view(shape).transpose(1, 2)
+        value = value.view(shape).transpose(1, 2)
+        outputs = []
+        for row, cache in enumerate(caches):
+            keys, values = cache.append(layer, key[row : row + 1], value[row : row + 1])
+            outputs.append(self._attend(attn, query[row : row + 1], keys, values))
+        attended = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+        attended = attended.reshape(*attended.shape[:-2], -1).contiguous()
+        hidden = self._dense(attn.c_proj, attended) + hidden
+        mlp = block.mlp
+        feed_forward = self._dense(mlp.c_proj, mlp.act(self._dense(mlp.c_fc, block.ln_2(hidden))))
+        return hidden + feed_forward
+
+    def _attend(
+        self, attn: Any, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+    ) -> torch.Tensor:
+        # A single query over an unpadded cache: `generate` passes no mask either (it drops an
+        # all-ones mask), so SDPA runs the very same kernel on the very same numbers.
+        if self.eager_reordered:
+            output, _ = attn._upcast_and_reordered_attn(query, keys, values, None)
+        else:
+            output, _ = self.attention(
+                attn, query, keys, values, None, dropout=0.0, scaling=attn.scaling
+            )
+        result: torch.Tensor = output
+        return result
+
+    def _dense(self, module: Any, hidden: torch.Tensor) -> torch.Tensor:
+        if not self.batch_invariant or hidden.shape[0] == 1:
+            out: torch.Tensor = module(hidden)
+            return out
+        return torch.cat([module(hidden[row : row + 1]) for row in range(hidden.shape[0])])
