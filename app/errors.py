@@ -54,6 +54,13 @@ class RejectedCheckpoint(AppError):
     code = "invalid_checkpoint"
 
 
+class UnprocessableRequest(AppError):
+    """The request is well-formed JSON but its fields are not acceptable."""
+
+    status = 422
+    code = "validation"
+
+
 class RangeNotSatisfiable(AppError):
     status = 416
     code = "range_not_satisfiable"

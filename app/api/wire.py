@@ -15,22 +15,39 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
-from app.errors import AppError
+from app.errors import AppError, UnprocessableRequest
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
-
-def validation_message(exc: RequestValidationError) -> str:
-    first = exc.errors()[0] if exc.errors() else {}
-    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-    return f"{where}: {first.get('msg', 'invalid')}" if where else str(first.get("msg", "invalid"))
-
-
-def tgi_error(status: int, error_type: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": message, "error_type": error_type}, status_code=status)
-
-
 _TGI_ERROR_TYPES = {422: "validation", 424: "generation", 429: "overloaded"}
+
+
+def _first_error(exc: RequestValidationError) -> tuple[str | None, str]:
+    first = exc.errors()[0] if exc.errors() else {}
+    param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+    message = str(first.get("msg", "invalid"))
+    return param, f"{param}: {message}" if param else message
+
+
+class _TranslatingRoute(APIRoute):
+    """Runs the handler and renders any AppError (request-validation errors become one)."""
+
+    def render(self, exc: AppError, param: str | None) -> Response:
+        raise NotImplementedError
+
+    def get_route_handler(self) -> Handler:
+        handler = super().get_route_handler()
+
+        async def translate(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except AppError as exc:
+                return self.render(exc, None)
+            except RequestValidationError as exc:
+                param, message = _first_error(exc)
+                return self.render(UnprocessableRequest(message), param)
+
+        return translate
 
 
 def tgi_error_body(exc: AppError) -> dict[str, str]:
@@ -40,63 +57,28 @@ def tgi_error_body(exc: AppError) -> dict[str, str]:
     return {"error": prefix + exc.message, "error_type": error_type}
 
 
-class TGIRoute(APIRoute):
+class TGIRoute(_TranslatingRoute):
     """Errors as Text Generation Inference sends them: {"error", "error_type"}."""
 
-    def get_route_handler(self) -> Handler:
-        handler = super().get_route_handler()
-
-        async def translate(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except AppError as exc:
-                return JSONResponse(tgi_error_body(exc), status_code=exc.status)
-            except RequestValidationError as exc:
-                return tgi_error(422, "validation", validation_message(exc))
-
-        return translate
+    def render(self, exc: AppError, param: str | None) -> Response:
+        return JSONResponse(tgi_error_body(exc), status_code=exc.status)
 
 
-def openai_error(
-    status: int, message: str, *, kind: str, code: str | None, param: str | None = None
-) -> JSONResponse:
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status)
+def openai_error_body(exc: AppError, param: str | None = None) -> dict[str, Any]:
+    if exc.status == 429:
+        kind = "rate_limit_exceeded"
+    else:
+        kind = "server_error" if exc.status >= 500 else "invalid_request_error"
+    return {"error": {"message": exc.message, "type": kind, "param": param, "code": exc.code}}
 
 
-def openai_error_body(exc: AppError) -> dict[str, Any]:
-    kind = _openai_kind(exc.status)
-    return {"error": {"message": exc.message, "type": kind, "param": None, "code": exc.code}}
-
-
-def _openai_kind(status: int) -> str:
-    if status == 429:
-        return "rate_limit_exceeded"
-    return "server_error" if status >= 500 else "invalid_request_error"
-
-
-class OpenAIRoute(APIRoute):
+class OpenAIRoute(_TranslatingRoute):
     """Errors as OpenAI sends them: {"error": {"message", "type", "param", "code"}}."""
 
-    def get_route_handler(self) -> Handler:
-        handler = super().get_route_handler()
-
-        async def translate(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except AppError as exc:
-                # OpenAI answers every invalid request with 400, never 422.
-                status = 400 if exc.status == 422 else exc.status
-                return JSONResponse(openai_error_body(exc), status_code=status)
-            except RequestValidationError as exc:
-                first = exc.errors()[0] if exc.errors() else {}
-                param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
-                return openai_error(
-                    400,
-                    validation_message(exc),
-                    kind="invalid_request_error",
-                    code=None,
-                    param=param,
-                )
-
-        return translate
+    def render(self, exc: AppError, param: str | None) -> Response:
+        # OpenAI answers every invalid request with 400, never 422.
+        status = 400 if exc.status == 422 else exc.status
+        body = openai_error_body(exc, param)
+        if param is not None:
+            body["error"]["code"] = None
+        return JSONResponse(body, status_code=status)
