@@ -7,8 +7,8 @@ memory together.
 
 from __future__ import annotations
 
-from contextlib import ExitStack
-from pathlib import Path
+import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -19,6 +19,8 @@ from app.db.engine import Database
 from app.db.repositories import CheckpointRepository
 from app.services.views import TensorView
 from app.storage.blobs import BlobStore
+
+_BLOCK_ELEMENTS = 1 << 20
 
 
 class TensorDiff(BaseModel):
@@ -48,13 +50,11 @@ class DiffService:
 
     def diff(self, ref_a: str, ref_b: str) -> CheckpointDiff:
         side_a, side_b = self._side(ref_a), self._side(ref_b)
-        with ExitStack() as stack:
-            open_a = _Opener(stack, self.store, side_a)
-            open_b = _Opener(stack, self.store, side_b)
-            rows = [
-                _compare(name, side_a.tensors.get(name), side_b.tensors.get(name), open_a, open_b)
-                for name in sorted(side_a.tensors.keys() | side_b.tensors.keys())
-            ]
+        open_a, open_b = _Opener(self.store, side_a), _Opener(self.store, side_b)
+        rows = [
+            _compare(name, side_a.tensors.get(name), side_b.tensors.get(name), open_a, open_b)
+            for name in sorted(side_a.tensors.keys() | side_b.tensors.keys())
+        ]
         summary: dict[str, int] = {}
         for row in rows:
             summary[row.status] = summary.get(row.status, 0) + 1
@@ -83,18 +83,17 @@ class _Side:
 
 
 class _Opener:
-    """Opens each safetensors file of one side once, on first use."""
+    """Reads one side's tensors in row blocks, opening its file per tensor.
 
-    def __init__(self, stack: ExitStack, store: BlobStore, side: _Side) -> None:
-        self.stack, self.store, self.side = stack, store, side
-        self.handles: dict[str, Any] = {}
+    Closing the file after each tensor unmaps it, so pages already compared do not stay
+    counted in the process's memory while the rest of the diff runs.
+    """
 
-    def tensor(self, view: TensorView) -> torch.Tensor:
-        if view.file not in self.handles:
-            path: Path = self.store.path(self.side.files[view.file])
-            self.handles[view.file] = self.stack.enter_context(safe_open(str(path), "pt"))
-        tensor: torch.Tensor = self.handles[view.file].get_tensor(view.name)
-        return tensor
+    def __init__(self, store: BlobStore, side: _Side) -> None:
+        self.store, self.side = store, side
+
+    def path(self, view: TensorView) -> str:
+        return str(self.store.path(self.side.files[view.file]))
 
 
 def _compare(
@@ -128,20 +127,38 @@ def _compare(
         return base.model_copy(
             update={"frobenius_delta": 0.0, "max_abs_diff": 0.0, "relative_change": 0.0}
         )
-    return base.model_copy(
-        update={"status": "changed", **_delta(open_a.tensor(a), open_b.tensor(b))}
-    )
+    return base.model_copy(update={"status": "changed", **_delta(a, b, open_a, open_b)})
 
 
 @torch.inference_mode()
-def _delta(a: torch.Tensor, b: torch.Tensor) -> dict[str, float | None]:
-    if not (a.is_floating_point() or a.is_complex()):
-        a, b = a.double(), b.double()
-    delta = (b.double() - a.double()) if a.numel() < (1 << 20) else (b.float() - a.float())
-    norm_delta = float(torch.linalg.vector_norm(delta))
-    norm_a = float(torch.linalg.vector_norm(a.float()))
+def _delta(
+    a: TensorView, b: TensorView, open_a: _Opener, open_b: _Opener
+) -> dict[str, float | None]:
+    """‖ΔW‖_F, max |Δ| and ‖ΔW‖_F / ‖W_a‖_F accumulated in float64 over row blocks."""
+    squares = delta_squares = max_abs = 0.0
+    with safe_open(open_a.path(a), "pt") as file_a, safe_open(open_b.path(b), "pt") as file_b:
+        for block_a, block_b in zip(_blocks(file_a, a), _blocks(file_b, b), strict=True):
+            left, right = block_a.double(), block_b.double()
+            delta = right - left
+            squares += float(left.square().sum())
+            delta_squares += float(delta.square().sum())
+            if delta.numel():
+                max_abs = max(max_abs, float(delta.abs().max()))
+    norm_delta, norm_a = math.sqrt(delta_squares), math.sqrt(squares)
     return {
         "frobenius_delta": norm_delta,
-        "max_abs_diff": float(delta.abs().max()) if delta.numel() else 0.0,
+        "max_abs_diff": max_abs,
         "relative_change": norm_delta / norm_a if norm_a else None,
     }
+
+
+def _blocks(handle: Any, view: TensorView) -> Iterator[torch.Tensor]:
+    if not view.shape:
+        yield handle.get_tensor(view.name)
+        return
+    rows = view.shape[0]
+    per_row = max(1, view.numel // max(rows, 1))
+    step = max(1, _BLOCK_ELEMENTS // per_row)
+    sliced = handle.get_slice(view.name)
+    for start in range(0, rows, step):
+        yield sliced[start : start + step]

@@ -25,7 +25,8 @@ def run(ctx: CheckContext) -> CheckResult:
         )
     mismatched = sorted(expected[s] for s, got in actual.items() if got != s and got != "missing")
     missing = sorted(expected[s] for s, got in actual.items() if got == "missing")
-    nbytes = sum(f.size for f in view.files) + view.size_bytes
+    sizes = {view.sha256: view.size_bytes} | {f.sha256: f.size for f in view.files}
+    nbytes = sum(sizes.values())  # each distinct blob is hashed once
     ok = not mismatched and not missing
     detail = (
         f"all {len(expected)} stored blobs match their recorded sha256"
