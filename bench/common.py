@@ -31,7 +31,8 @@ def running_server(data_dir: Path, **env: str) -> Iterator[tuple[str, subprocess
     environ = {**os.environ, "CKPT_DATA_DIR": str(data_dir), "CKPT_PORT": str(port), **env}
     cli = [sys.executable, "-m", "app.cli"]
     subprocess.run([*cli, "migrate"], env=environ, check=True, capture_output=True, cwd=ROOT)
-    process = subprocess.Popen([*cli, "serve"], env=environ, cwd=ROOT, stderr=subprocess.DEVNULL)
+    log = (data_dir.parent / "server.log").open("ab")  # the server's own log, for post-mortems
+    process = subprocess.Popen([*cli, "serve"], env=environ, cwd=ROOT, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(url, process)
@@ -39,6 +40,7 @@ def running_server(data_dir: Path, **env: str) -> Iterator[tuple[str, subprocess
     finally:
         process.terminate()
         process.wait(timeout=30)
+        log.close()
 
 
 def _wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:

@@ -143,7 +143,8 @@ def main() -> None:
     inputs = {"safetensors (raw)": folder / "model.safetensors", **make_zips(folder, work)}
     scratch = Path(tempfile.mkdtemp(prefix="scratch-", dir=work))
 
-    with running_server(work / "data") as (url, process):
+    # No embedded worker: verifying each upload would compete with the next one for the CPU.
+    with running_server(work / "data", CKPT_EMBEDDED_WORKER="false") as (url, process):
         upload(url, inputs["safetensors (raw)"], "warmup")  # imports, first-touch allocations
         rows = [
             measure(url, process.pid, label, path, scratch, args.repeat)
