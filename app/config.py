@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     max_batch: int = 8
     max_stop_sequences: int = 4
     max_top_n_tokens: int = 5
+    exact_batching: bool = True
     host: str = "127.0.0.1"
     port: int = 8000
 

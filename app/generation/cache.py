@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from app.generation.errors import ModelUnavailable
+from app.errors import AppError
+from app.generation.errors import GenerationFailed, ModelUnavailable
 from app.services.views import CheckpointView, TensorView
 from app.storage.blobs import BlobStore
 from app.worker.loading import StoredCheckpoint, materialize
@@ -148,9 +149,12 @@ class ModelCache:
     def _load(self, checkpoint_id: str) -> LoadedModel:
         try:
             loaded = self.loader(checkpoint_id)
-        except BaseException:
+        except BaseException as exc:
             with self._lock:
                 self._inflight.pop(checkpoint_id, None)  # the next request tries again
+            if isinstance(exc, Exception) and not isinstance(exc, AppError):
+                # A broken file or an out-of-memory is the dependency failing, not a bug here.
+                raise GenerationFailed(f"loading checkpoint {checkpoint_id} failed: {exc}") from exc
             raise
         with self._lock:
             self._inflight.pop(checkpoint_id, None)

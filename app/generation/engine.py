@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import threading
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -35,6 +36,7 @@ from app.generation.params import (
     DEFAULT_MAX_TOP_N_TOKENS,
     GenerationParams,
 )
+from app.generation.runner import GPT2Runner
 from app.generation.scheduler import Scheduler
 from app.generation.sequence import Request
 
@@ -62,7 +64,7 @@ class _QueueSlot:
                 self._engine._waiting -= 1
 
 
-class GenerationStream:
+class GenerationStream(AsyncIterator[GenerationEvent]):
     """The events of one request. Closing it (or cancelling the task awaiting it) cancels the
     request: the scheduler drops it before its next step."""
 
@@ -126,7 +128,9 @@ class GenerationEngine:
     decoding at once. `batch_invariant`: compute every sequence's dense products row by row so
     its tokens and logprobs are bit-identical to `model.generate` whatever it is batched with
     (False batches them: faster, but float results may differ in the last bits, which can flip a
-    near-tie). `torch_threads`: set torch's (process-wide) intra-op threads from the scheduler."""
+    near-tie). `product_threads`: threads sharing the rows of the exact (one row at a time)
+    products; by default torch's thread count on a CPU, at most 4, and 1 on a GPU.
+    `torch_threads`: set torch's (process-wide) intra-op threads from the scheduler."""
 
     def __init__(
         self,
@@ -138,6 +142,7 @@ class GenerationEngine:
         batch_invariant: bool = True,
         max_stop_sequences: int = DEFAULT_MAX_STOP_SEQUENCES,
         max_top_n_tokens: int = DEFAULT_MAX_TOP_N_TOKENS,
+        product_threads: int | None = None,
         torch_threads: int | None = None,
     ) -> None:
         if max_batch < 1 or max_queue < 0:
@@ -149,8 +154,13 @@ class GenerationEngine:
         self.max_top_n_tokens = max_top_n_tokens
         self._lock = threading.Lock()
         self._waiting = 0
+        if product_threads is None:
+            product_threads = default_product_threads(self.device)
         self._scheduler = Scheduler(
-            max_batch=max_batch, batch_invariant=batch_invariant, torch_threads=torch_threads
+            max_batch=max_batch,
+            batch_invariant=batch_invariant,
+            product_threads=product_threads,
+            torch_threads=torch_threads,
         )
 
     async def model(self, checkpoint_id: str) -> LoadedModel:
@@ -239,6 +249,7 @@ class GenerationEngine:
         vocab_size = int(loaded.config.vocab_size)
         if any(not 0 <= token < vocab_size for token in input_ids):
             raise ValidationFailed(f"`inputs` token ids must be >= 0 and < {vocab_size}")
+        GPT2Runner.check_supported(loaded.model)
         model_device = loaded.model.lm_head.weight.device
         if model_device != self.device:
             raise ModelUnavailable(f"the model is on {model_device}, the engine on {self.device}")
@@ -254,3 +265,9 @@ class GenerationEngine:
             loop=asyncio.get_running_loop(),
             release_slot=slot.release,
         )
+
+
+def default_product_threads(device: torch.device) -> int:
+    if device.type != "cpu":
+        return 1  # GPU kernels are asynchronous and already use the whole device
+    return max(1, min(4, torch.get_num_threads()))

@@ -18,8 +18,10 @@ from weakref import WeakKeyDictionary
 
 import torch
 
+from app.errors import AppError
 from app.generation.cache import LoadedModel
 from app.generation.errors import GenerationFailed
+from app.generation.products import ExactProducts, HelperThread
 from app.generation.sequence import ModelState, Request, Sequence, new_model_state
 
 logger = logging.getLogger(__name__)
@@ -33,12 +35,23 @@ class SchedulerCounters:
 
 
 class Scheduler:
+    """Owns the scheduler thread (and the helper threads of the exact products)."""
+
     def __init__(
-        self, *, max_batch: int, batch_invariant: bool, torch_threads: int | None = None
+        self,
+        *,
+        max_batch: int,
+        batch_invariant: bool,
+        product_threads: int = 1,
+        torch_threads: int | None = None,
     ) -> None:
         self.max_batch = max_batch
         self.batch_invariant = batch_invariant
         self.torch_threads = torch_threads
+        self._helpers = [
+            HelperThread(f"generation-helper-{i}") for i in range(1, max(1, product_threads))
+        ]
+        self._products = ExactProducts(self._helpers)
         self.counters = SchedulerCounters()
         self._cond = threading.Condition()
         self._waiting: deque[Request] = deque()
@@ -47,10 +60,6 @@ class Scheduler:
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="generation", daemon=True)
         self._thread.start()
-
-    @property
-    def waiting(self) -> int:
-        return len(self._waiting)
 
     @property
     def running(self) -> int:
@@ -91,6 +100,8 @@ class Scheduler:
                 for loaded, sequences in list(self._groups.items()):
                     self._step(loaded, sequences)
         self._fail_everything(GenerationFailed("the generation engine stopped"))
+        for helper in self._helpers:
+            helper.stop()
 
     def _next_admissions(self) -> list[Request] | None:
         """Requests to prefill now (possibly none while others decode); None to stop."""
@@ -125,6 +136,9 @@ class Scheduler:
             self.counters.prefills += 1
             request.first_token = time.perf_counter()
             sequence.advance(last)
+        except AppError as exc:
+            request.emit(exc)
+            return
         except Exception as exc:
             logger.exception("prefill failed")
             request.emit(GenerationFailed(f"generation failed: {exc}"))
@@ -170,7 +184,9 @@ class Scheduler:
     def _state(self, loaded: LoadedModel) -> ModelState:
         state = self._states.get(loaded)
         if state is None:
-            state = new_model_state(loaded, batch_invariant=self.batch_invariant)
+            state = new_model_state(
+                loaded, batch_invariant=self.batch_invariant, products=self._products
+            )
             self._states[loaded] = state
         return state
 

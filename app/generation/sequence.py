@@ -23,6 +23,7 @@ from app.generation.events import (
     TopToken,
 )
 from app.generation.params import GenerationParams
+from app.generation.products import ExactProducts
 from app.generation.runner import GPT2Runner, SequenceCache
 from app.generation.sampling import Choice, TokenChooser
 
@@ -187,10 +188,12 @@ class Sequence:
         )
 
 
-def new_model_state(loaded: LoadedModel, *, batch_invariant: bool) -> ModelState:
+def new_model_state(
+    loaded: LoadedModel, *, batch_invariant: bool, products: ExactProducts
+) -> ModelState:
     tokenizer = copy.deepcopy(loaded.tokenizer)
     return ModelState(
-        runner=GPT2Runner(loaded.model, batch_invariant=batch_invariant),
+        runner=GPT2Runner(loaded.model, batch_invariant=batch_invariant, products=products),
         tokenizer=tokenizer,
         special_ids=frozenset(int(i) for i in tokenizer.all_special_ids),
         eos_ids=eos_token_ids(loaded),

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from app.generation import (
     GenerationEngine,
     GenerationParams,
     GenerationResult,
     LoadedModel,
     TokenEvent,
+    products,
 )
 from tests.generation.conftest import CPU, single_model_cache
 from tests.generation.reference import Reference, assert_same, greedy_reference
@@ -53,16 +56,8 @@ def test_batched_matches_generate(engine: GenerationEngine, loaded: LoadedModel)
     """Six requests of different lengths join a running batch at different steps (each one
     starts when the previous one has streamed two tokens) and leave at different steps."""
 
-    async def run() -> list[GenerationResult]:
-        tasks: list[asyncio.Task[GenerationResult]] = []
-        for prompt, new in zip(prompts(loaded), NEW_TOKENS, strict=True):
-            started = asyncio.Event()
-            tasks.append(asyncio.create_task(collect(engine, prompt, new, started)))
-            await started.wait()
-        return list(await asyncio.gather(*tasks))
-
     before = engine.stats()
-    results = asyncio.run(run())
+    results = asyncio.run(run_together(engine, loaded))
     after = engine.stats()
     for result, reference in zip(results, references(loaded), strict=True):
         assert_same(result, reference)
@@ -71,6 +66,22 @@ def test_batched_matches_generate(engine: GenerationEngine, loaded: LoadedModel)
     assert rows == sum(NEW_TOKENS) - len(NEW_TOKENS)  # the first token of each is the prefill's
     assert steps < rows  # sequences really shared forward passes
     assert after.running == 0
+
+
+def test_batched_with_a_sliced_lm_head(
+    loaded: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slices small enough that even the tiny LM head is cut (the way GPT-2's 154 MB one is):
+    still bit-exact, because slicing is only used when it is."""
+    monkeypatch.setattr(products, "SLICE_BYTES", 16 << 10)
+    engine = GenerationEngine(single_model_cache(loaded), CPU, product_threads=2)
+    try:
+        results = asyncio.run(run_together(engine, loaded))
+    finally:
+        engine.close()
+    for result, reference in zip(results, references(loaded), strict=True):
+        assert_same(result, reference)
+    assert products.exact_slices(loaded.model.lm_head) is not None
 
 
 def test_batched_fast_mode_is_exact_alone(loaded: LoadedModel) -> None:
@@ -84,12 +95,23 @@ def test_batched_fast_mode_is_exact_alone(loaded: LoadedModel) -> None:
     assert_same(result, greedy_reference(loaded.model, prompt, 15))
 
 
+async def run_together(engine: GenerationEngine, loaded: LoadedModel) -> list[GenerationResult]:
+    tasks: list[asyncio.Task[GenerationResult]] = []
+    for prompt, new in zip(prompts(loaded), NEW_TOKENS, strict=True):
+        started = asyncio.Event()
+        tasks.append(asyncio.create_task(collect(engine, prompt, new, started)))
+        await started.wait()
+    return list(await asyncio.gather(*tasks))
+
+
 async def collect(
     engine: GenerationEngine, prompt: list[int], new_tokens: int, started: asyncio.Event
 ) -> GenerationResult:
     """engine.generate, but signalling once two tokens have streamed."""
     tokens: list[TokenEvent] = []
-    async with await engine.stream("tiny", prompt, GenerationParams(max_new_tokens=new_tokens)) as s:
+    async with await engine.stream(
+        "tiny", prompt, GenerationParams(max_new_tokens=new_tokens)
+    ) as s:
         async for event in s:
             if isinstance(event, TokenEvent):
                 tokens.append(event)

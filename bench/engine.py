@@ -1,0 +1,180 @@
+"""Engine throughput on a GPT-2 124M-shaped random model, against plain `model.generate`.
+
+    .venv/bin/python -m bench.engine [--threads 2] [--repeat 3] \
+        [--modes invariant,batched]
+
+Reports (best of --repeat, runs interleaved so a noisy neighbour hurts both sides alike):
+batch-1 tokens/s of generate and of the engine, time to first token against one prefill
+forward, and the aggregate tokens/s of 8 concurrent requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from app.generation import GenerationEngine, GenerationParams, LoadedModel, ModelCache
+
+PROMPT_TOKENS = 16
+NEW_TOKENS = 128
+CONCURRENT = 8
+
+
+def build_tokenizer_50257() -> Any:
+    """A byte-level BPE with GPT-2's vocabulary size, trained on synthetic words (seconds)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2TokenizerFast  # type: ignore[attr-defined]
+
+    rng = random.Random(0)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    syllables = ["".join(rng.choices(letters, k=rng.randint(1, 4))) for _ in range(3000)]
+    words = ["".join(rng.choices(syllables, k=rng.randint(1, 4))) for _ in range(60000)]
+    corpus = [" ".join(rng.choices(words, k=30)) for _ in range(20000)]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=50257,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(corpus, trainer)
+    eos = "<|endoftext|>"
+    return GPT2TokenizerFast(tokenizer_object=tokenizer, bos_token=eos, eos_token=eos)
+
+
+def build_model() -> Any:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    # No EOS: every run generates exactly NEW_TOKENS, in generate and in the engine alike.
+    config = GPT2Config(eos_token_id=None, bos_token_id=None)
+    model: Any = GPT2LMHeadModel(config)
+    model.eval()
+    model.generation_config.eos_token_id = None
+    return model
+
+
+def best_of(repeat: int, run: Callable[[], float]) -> tuple[float, list[float]]:
+    samples = [run() for _ in range(repeat)]
+    return min(samples), samples
+
+
+def time_generate(model: Any, prompt: list[int]) -> float:
+    ids = torch.tensor([prompt])
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(ids, do_sample=False, max_new_tokens=NEW_TOKENS, pad_token_id=0)
+    elapsed = time.perf_counter() - start
+    assert out.shape[1] == len(prompt) + NEW_TOKENS
+    return elapsed
+
+
+def time_prefill(model: Any, prompt: list[int]) -> float:
+    ids = torch.tensor([prompt])
+    start = time.perf_counter()
+    with torch.inference_mode():
+        model(ids, use_cache=True, logits_to_keep=1)
+    return time.perf_counter() - start
+
+
+async def engine_single(engine: GenerationEngine, prompt: list[int]) -> tuple[float, float]:
+    params = GenerationParams(max_new_tokens=NEW_TOKENS)
+    start = time.perf_counter()
+    result = await engine.generate("bench", prompt, params)
+    elapsed = time.perf_counter() - start
+    assert result.generated_tokens == NEW_TOKENS
+    return elapsed, result.timings.first_token
+
+
+async def engine_concurrent(engine: GenerationEngine, prompts: list[list[int]]) -> float:
+    params = GenerationParams(max_new_tokens=NEW_TOKENS)
+    start = time.perf_counter()
+    results = await asyncio.gather(*(engine.generate("bench", p, params) for p in prompts))
+    elapsed = time.perf_counter() - start
+    assert all(r.generated_tokens == NEW_TOKENS for r in results)
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--modes",
+        default="invariant,batched",
+        help="invariant (bit-exact), invariant-1 (no column split), batched",
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model, tokenizer = build_model(), build_tokenizer_50257()
+    loaded = LoadedModel.of(model, tokenizer)
+    rng = random.Random(1)
+    prompts = [[rng.randrange(50257) for _ in range(PROMPT_TOKENS)] for _ in range(CONCURRENT)]
+    time_generate(model, prompts[0])  # warm-up
+    print(
+        f"torch threads {torch.get_num_threads()}, {NEW_TOKENS} new tokens, prompt {PROMPT_TOKENS}"
+    )
+    prefill, _ = best_of(5, lambda: time_prefill(model, prompts[0]))
+    print(f"one prefill forward: {prefill * 1000:.1f} ms")
+    for mode in args.modes.split(","):
+        cache = ModelCache(lambda _: loaded, budget_bytes=1 << 40)
+        engine = GenerationEngine(
+            cache,
+            torch.device("cpu"),
+            max_queue=64,
+            max_batch=CONCURRENT,
+            batch_invariant=mode.startswith("invariant"),
+            product_threads=1 if mode == "invariant-1" else None,
+        )
+        print(f"load average before [{mode}]: {os.getloadavg()[0]:.2f}")
+        report(mode, engine, model, prompts, args.repeat)
+        engine.close()
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
+
+
+def report(
+    mode: str, engine: GenerationEngine, model: Any, prompts: list[list[int]], repeat: int
+) -> None:
+    generate_s: list[float] = []
+    single_s: list[float] = []
+    first_token_s: list[float] = []
+    for _ in range(repeat):  # interleaved: generate, engine alone
+        generate_s.append(time_generate(model, prompts[0]))
+        elapsed, first = asyncio.run(engine_single(engine, prompts[0]))
+        single_s.append(elapsed)
+        first_token_s.append(first)
+    concurrent_s = [asyncio.run(engine_concurrent(engine, prompts)) for _ in range(repeat)]
+    generate_tps = NEW_TOKENS / min(generate_s)
+    single_tps = NEW_TOKENS / min(single_s)
+    concurrent_tps = CONCURRENT * NEW_TOKENS / min(concurrent_s)
+    print(f"[{mode}] generate batch-1:  {generate_tps:6.2f} tok/s  (runs {fmt(generate_s)})")
+    print(
+        f"[{mode}] engine batch-1:    {single_tps:6.2f} tok/s  = {single_tps / generate_tps:.2f}x"
+        f" generate  (runs {fmt(single_s)})"
+    )
+    print(
+        f"[{mode}] engine TTFT:       {min(first_token_s) * 1000:.1f} ms best,"
+        f" {statistics.median(first_token_s) * 1000:.1f} ms median"
+    )
+    print(
+        f"[{mode}] engine {CONCURRENT} concurrent: {concurrent_tps:6.2f} tok/s aggregate"
+        f" = {concurrent_tps / single_tps:.2f}x engine batch-1"
+        f" = {concurrent_tps / generate_tps:.2f}x generate batch-1  (runs {fmt(concurrent_s)})"
+    )
+
+
+def fmt(samples: list[float]) -> str:
+    return ", ".join(f"{s:.2f}s" for s in samples)
+
+
+if __name__ == "__main__":
+    main()
