@@ -30,17 +30,6 @@ class TGIParameters(BaseModel):
     typical_p: float | None = None
     watermark: bool = False
 
-    @property
-    def sampling(self) -> bool:
-        """TGI samples when asked to, or when any sampling warper is set."""
-        return (
-            self.do_sample
-            or (self.temperature is not None and self.temperature != 1.0)
-            or bool(self.top_k)
-            or (self.top_p is not None and self.top_p < 1.0)
-            or (self.typical_p is not None and self.typical_p < 1.0)
-        )
-
 
 def absent_parameters() -> TGIParameters:
     """What TGI (2.x and later) uses when a request has no `parameters` object: sampling."""
