@@ -206,15 +206,7 @@ class GenerationEngine:
                 if isinstance(event, TokenEvent):
                     tokens.append(event)
                 else:
-                    return GenerationResult(
-                        generated_text=event.generated_text,
-                        finish_reason=event.finish_reason,
-                        generated_tokens=event.generated_tokens,
-                        seed=event.seed,
-                        tokens=tuple(tokens),
-                        prefill=event.prefill,
-                        timings=event.timings,
-                    )
+                    return GenerationResult.of(tokens, event)
         raise AssertionError("a stream always ends with a FinishEvent or an error")
 
     def stats(self) -> EngineStats:

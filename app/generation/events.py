@@ -73,3 +73,16 @@ class GenerationResult:
     tokens: tuple[TokenEvent, ...]
     prefill: tuple[PrefillToken, ...]
     timings: Timings
+
+    @classmethod
+    def of(cls, tokens: list[TokenEvent], finish: FinishEvent) -> GenerationResult:
+        """The whole generation from a stream's token events and its finish event."""
+        return cls(
+            generated_text=finish.generated_text,
+            finish_reason=finish.finish_reason,
+            generated_tokens=finish.generated_tokens,
+            seed=finish.seed,
+            tokens=tuple(tokens),
+            prefill=finish.prefill,
+            timings=finish.timings,
+        )

@@ -119,13 +119,5 @@ async def collect(
                     started.set()
                 continue
             started.set()
-            return GenerationResult(
-                generated_text=event.generated_text,
-                finish_reason=event.finish_reason,
-                generated_tokens=event.generated_tokens,
-                seed=event.seed,
-                tokens=tuple(tokens),
-                prefill=event.prefill,
-                timings=event.timings,
-            )
+            return GenerationResult.of(tokens, event)
     raise AssertionError("no finish event")
