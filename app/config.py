@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -31,7 +32,8 @@ class Settings(BaseSettings):
     max_batch: int = 8
     max_stop_sequences: int = 4
     max_top_n_tokens: int = 5
-    exact_batching: bool = True
+    # app.generation.Exactness (not imported here: it would pull torch into every import)
+    exact_batching: Literal["always", "seeded", "never"] = "seeded"
     host: str = "127.0.0.1"
     port: int = 8000
 

@@ -98,6 +98,6 @@ def _text_generation(settings: Settings, db: Database, store: BlobStore) -> Text
         max_batch=limits.max_batch,
         max_stop_sequences=limits.max_stop_sequences,
         max_top_n_tokens=limits.max_top_n_tokens,
-        batch_invariant=settings.exact_batching,
+        exactness=settings.exact_batching,
     )
     return TextGeneration(catalog, engine, limits)

@@ -35,9 +35,11 @@ from app.generation.events import (
     TopToken,
 )
 from app.generation.params import GenerationParams
+from app.generation.scheduler import Exactness
 
 __all__ = [
     "EngineStats",
+    "Exactness",
     "FinishEvent",
     "FinishReason",
     "GenerationEngine",

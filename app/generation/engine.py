@@ -37,7 +37,7 @@ from app.generation.params import (
     GenerationParams,
 )
 from app.generation.runner import GPT2Runner
-from app.generation.scheduler import Scheduler
+from app.generation.scheduler import Exactness, Scheduler
 from app.generation.sequence import Request
 
 
@@ -47,6 +47,7 @@ class EngineStats:
     running: int
     decode_steps: int
     decoded_rows: int
+    exact_steps: int
     prefills: int
 
 
@@ -72,6 +73,7 @@ class GenerationStream(AsyncIterator[GenerationEvent]):
         self._request = request
         self._scheduler = scheduler
         self._done = False
+        self._peeked: GenerationEvent | BaseException | None = None
 
     @property
     def seed(self) -> int | None:
@@ -83,8 +85,10 @@ class GenerationStream(AsyncIterator[GenerationEvent]):
     async def __anext__(self) -> GenerationEvent:
         if self._done:
             raise StopAsyncIteration
+        item, self._peeked = self._peeked, None
         try:
-            item = await self._request.events.get()
+            if item is None:
+                item = await self._request.events.get()
         except BaseException:  # cancelled while waiting: the client went away
             self.cancel()
             raise
@@ -94,6 +98,13 @@ class GenerationStream(AsyncIterator[GenerationEvent]):
         if isinstance(item, FinishEvent):
             self._done = True
         return item
+
+    def finish_after(self) -> FinishEvent | None:
+        """Right after a token: the finish event if that token was the last (the scheduler
+        queues a last token and its finish together), without waiting for anything."""
+        if self._peeked is None and not self._request.events.empty():
+            self._peeked = self._request.events.get_nowait()
+        return self._peeked if isinstance(self._peeked, FinishEvent) else None
 
     def cancel(self) -> None:
         if self._done:
@@ -125,11 +136,14 @@ class GenerationStream(AsyncIterator[GenerationEvent]):
 
 class GenerationEngine:
     """`max_queue`: requests allowed to wait (beyond it: Overloaded, 429). `max_batch`: requests
-    decoding at once. `batch_invariant`: compute every sequence's dense products row by row so
-    its tokens and logprobs are bit-identical to `model.generate` whatever it is batched with
-    (False batches them: faster, but float results may differ in the last bits, which can flip a
-    near-tie). `product_threads`: threads sharing the rows of the exact (one row at a time)
-    products; by default torch's thread count on a CPU, at most 4, and 1 on a GPU.
+    decoding at once. `exactness`: when a decode step computes every sequence's dense products
+    row by row, so its tokens and logprobs are bit-identical to decoding it alone (and so to
+    `model.generate`) whatever it is batched with: "always"; "seeded" (the default) while a
+    request sampling with a seed of its own is in the batch; "never". Stacked rows are much
+    faster under concurrency, but their floats may differ in the last bits, which can flip a
+    near-tie. A sequence decoding alone is always exact. `product_threads`: threads sharing
+    the rows of the exact (one row at a time) products; by default torch's thread count on a
+    CPU, at most 4, and 1 on a GPU.
     `torch_threads`: set torch's (process-wide) intra-op threads from the scheduler."""
 
     def __init__(
@@ -139,7 +153,7 @@ class GenerationEngine:
         max_queue: int = 64,
         max_batch: int = 8,
         *,
-        batch_invariant: bool = True,
+        exactness: Exactness = "seeded",
         max_stop_sequences: int = DEFAULT_MAX_STOP_SEQUENCES,
         max_top_n_tokens: int = DEFAULT_MAX_TOP_N_TOKENS,
         product_threads: int | None = None,
@@ -158,7 +172,7 @@ class GenerationEngine:
             product_threads = default_product_threads(self.device)
         self._scheduler = Scheduler(
             max_batch=max_batch,
-            batch_invariant=batch_invariant,
+            exactness=exactness,
             product_threads=product_threads,
             torch_threads=torch_threads,
         )
@@ -216,6 +230,7 @@ class GenerationEngine:
             running=self._scheduler.running,
             decode_steps=counters.decode_steps,
             decoded_rows=counters.decoded_rows,
+            exact_steps=counters.exact_steps,
             prefills=counters.prefills,
         )
 

@@ -60,6 +60,11 @@ class GenerationParams:
             return self
         return replace(self, do_sample=True)
 
+    @property
+    def seeded_sampling(self) -> bool:
+        """Sampling with a seed the client chose: a promise of the same text on every run."""
+        return self.do_sample and self.seed is not None
+
     def new_token_budget(self, input_length: int, context_length: int) -> int:
         """max_new_tokens, or what the context leaves when it is unset (TGI's default)."""
         room = context_length - input_length

@@ -13,7 +13,7 @@ M=1 and an unpadded cache. So here:
   sequence on its own unpadded key/value rows (a buffer per sequence, written in place and
   grown by doubling; no padding, no masks, no cache rebuild when the batch changes);
 * the dense products (QKV, projections, MLP, LM head) are either batched (fast, last-bit
-  differences possible) or, with `batch_invariant=True`, computed one row at a time so each
+  differences possible) or, when the step is `exact`, computed one row at a time so each
   sequence's logits are bit-identical to `generate` whatever it is batched with. The per-row
   products still share the weights while they are in cache, and the rows are shared among
   threads (products.py), which is all the batching possible without changing the arithmetic.
@@ -90,12 +90,11 @@ class GPT2Runner:
         if getattr(config, "add_cross_attention", False):
             raise ModelUnavailable("GPT-2 with cross-attention is not a text generator")
 
-    def __init__(self, model: Any, *, batch_invariant: bool, products: ExactProducts) -> None:
+    def __init__(self, model: Any, *, products: ExactProducts) -> None:
         self.check_supported(model)
         config = model.config
         self.model = model
         self.config = config
-        self.batch_invariant = batch_invariant
         self.products = products
         transformer = model.transformer
         self.wte, self.wpe, self.ln_f = transformer.wte, transformer.wpe, transformer.ln_f
@@ -139,8 +138,11 @@ class GPT2Runner:
         return last, every
 
     @torch.inference_mode()
-    def decode(self, caches: list[SequenceCache], tokens: list[int]) -> torch.Tensor:
-        """One step for every sequence: feed its last token, return float32 logits [n, vocab]."""
+    def decode(
+        self, caches: list[SequenceCache], tokens: list[int], *, exact: bool
+    ) -> torch.Tensor:
+        """One step for every sequence: feed its last token, return float32 logits [n, vocab].
+        `exact`: each row's products computed alone (bit-identical to decoding it alone)."""
         rows = len(caches)
         ids = torch.tensor(tokens, dtype=torch.long, device=self.device).view(rows, 1)
         for cache in caches:
@@ -150,16 +152,16 @@ class GPT2Runner:
         ).view(rows, 1)
         hidden = self.wte(ids) + self.wpe(positions)
         for layer, block in enumerate(self.blocks):
-            hidden = self._block(layer, block, hidden, caches)
+            hidden = self._block(layer, block, hidden, caches, exact)
         for cache in caches:
             cache.length += 1
-        return self._logits(self.ln_f(hidden))
+        return self._logits(self.ln_f(hidden), exact)
 
-    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def _logits(self, hidden: torch.Tensor, exact: bool) -> torch.Tensor:
         """LM head over [rows, 1, embed] → float32 [rows, vocab]."""
         rows = hidden.shape[0]
-        if self.batch_invariant or rows == 1 or self.lm_head.bias is not None:
-            logits: torch.Tensor = self._dense(self.lm_head, hidden)[:, -1]
+        if exact or rows == 1 or self.lm_head.bias is not None:
+            logits: torch.Tensor = self._dense(self.lm_head, hidden, exact)[:, -1]
             return logits.to(copy=True, dtype=torch.float32)
         # Batched: MKL multiplies W·Xᵀ (vocab rows × batch columns) about 1.4× faster than the
         # X·Wᵀ of nn.Linear on this kind of CPU, and the LM head is a third of a step.
@@ -167,11 +169,16 @@ class GPT2Runner:
         return transposed.t().contiguous().to(torch.float32)
 
     def _block(
-        self, layer: int, block: Any, hidden: torch.Tensor, caches: list[SequenceCache]
+        self,
+        layer: int,
+        block: Any,
+        hidden: torch.Tensor,
+        caches: list[SequenceCache],
+        exact: bool,
     ) -> torch.Tensor:
         """GPT2Block.forward with per-sequence attention (same operations, same order)."""
         attn = block.attn
-        qkv = self._dense(attn.c_attn, block.ln_1(hidden))
+        qkv = self._dense(attn.c_attn, block.ln_1(hidden), exact)
         query, key, value = torch.split(qkv, self.embed_dim, dim=2)
         shape = (hidden.shape[0], 1, self.heads, self.head_dim)
         query = query.view(shape).transpose(1, 2)
@@ -184,9 +191,10 @@ class GPT2Runner:
         # (Sharing these rows among threads too was measured: no faster, so it stays simple.)
         attended = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
         attended = attended.reshape(*attended.shape[:-2], -1).contiguous()
-        hidden = self._dense(attn.c_proj, attended) + hidden
+        hidden = self._dense(attn.c_proj, attended, exact) + hidden
         mlp = block.mlp
-        feed_forward = self._dense(mlp.c_proj, mlp.act(self._dense(mlp.c_fc, block.ln_2(hidden))))
+        expanded = mlp.act(self._dense(mlp.c_fc, block.ln_2(hidden), exact))
+        feed_forward = self._dense(mlp.c_proj, expanded, exact)
         return hidden + feed_forward
 
     def _attend(
@@ -203,10 +211,10 @@ class GPT2Runner:
         result: torch.Tensor = output
         return result
 
-    def _dense(self, module: Any, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [rows, 1, in] → [rows, 1, out]: row by row (exact) unless batching is allowed
-        and there is more than one row."""
-        if self.batch_invariant or hidden.shape[0] == 1:
+    def _dense(self, module: Any, hidden: torch.Tensor, exact: bool) -> torch.Tensor:
+        """hidden [rows, 1, in] → [rows, 1, out]: row by row when exact or a single row,
+        otherwise stacked."""
+        if exact or hidden.shape[0] == 1:
             return self.products(module, hidden)
         out: torch.Tensor = module(hidden)
         return out

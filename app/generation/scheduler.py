@@ -14,6 +14,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Literal
 from weakref import WeakKeyDictionary
 
 import torch
@@ -26,11 +27,16 @@ from app.generation.sequence import ModelState, Request, Sequence, new_model_sta
 
 logger = logging.getLogger(__name__)
 
+# When a decode step computes each row's products alone (bit-identical to decoding it alone):
+# always; only while a request that chose its sampling seed is in the batch; never.
+Exactness = Literal["always", "seeded", "never"]
+
 
 @dataclass
 class SchedulerCounters:
     decode_steps: int = 0  # batched forward passes
     decoded_rows: int = 0  # sequence-steps inside them (a step of 3 sequences counts 3)
+    exact_steps: int = 0  # steps of more than one row whose products were computed row by row
     prefills: int = 0
 
 
@@ -41,12 +47,12 @@ class Scheduler:
         self,
         *,
         max_batch: int,
-        batch_invariant: bool,
+        exactness: Exactness,
         product_threads: int = 1,
         torch_threads: int | None = None,
     ) -> None:
         self.max_batch = max_batch
-        self.batch_invariant = batch_invariant
+        self.exactness = exactness
         self.torch_threads = torch_threads
         self._helpers = [
             HelperThread(f"generation-helper-{i}") for i in range(1, max(1, product_threads))
@@ -154,8 +160,9 @@ class Scheduler:
             del self._groups[loaded]
             return
         try:
+            exact = self._exact(live)
             logits = self._state(loaded).runner.decode(
-                [s.cache for s in live], [s.last_token for s in live]
+                [s.cache for s in live], [s.last_token for s in live], exact=exact
             )
         except Exception as exc:
             logger.exception("decode step failed")
@@ -164,6 +171,7 @@ class Scheduler:
             del self._groups[loaded]
             return
         self.counters.decode_steps += 1
+        self.counters.exact_steps += exact and len(live) > 1
         self.counters.decoded_rows += len(live)
         for row, sequence in enumerate(live):
             self._advance(sequence, logits[row : row + 1])
@@ -172,6 +180,11 @@ class Scheduler:
             self._groups[loaded] = remaining
         else:
             del self._groups[loaded]
+
+    def _exact(self, sequences: list[Sequence]) -> bool:
+        if self.exactness == "seeded":
+            return any(s.request.params.seeded_sampling for s in sequences)
+        return self.exactness == "always"
 
     def _advance(self, sequence: Sequence, logits: torch.Tensor) -> None:
         try:
@@ -184,9 +197,7 @@ class Scheduler:
     def _state(self, loaded: LoadedModel) -> ModelState:
         state = self._states.get(loaded)
         if state is None:
-            state = new_model_state(
-                loaded, batch_invariant=self.batch_invariant, products=self._products
-            )
+            state = new_model_state(loaded, products=self._products)
             self._states[loaded] = state
         return state
 

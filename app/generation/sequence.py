@@ -49,11 +49,17 @@ class Request:
     admitted: float = 0.0
     first_token: float = 0.0
 
-    def emit(self, item: GenerationEvent | BaseException) -> None:
+    def emit(self, *items: GenerationEvent | BaseException) -> None:
+        """Queue the items in one loop callback: a reader that gets the first finds the others
+        already queued (a stream can tell a last token from another without waiting)."""
         try:
-            self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+            self.loop.call_soon_threadsafe(self._put, items)
         except RuntimeError:  # the client's event loop is gone: nobody is listening
             self.cancelled = True
+
+    def _put(self, items: tuple[GenerationEvent | BaseException, ...]) -> None:
+        for item in items:
+            self.events.put_nowait(item)
 
 
 @dataclass
@@ -133,9 +139,12 @@ class Sequence:
         text = self.decoder.push(token_id, final=reason is not None)
         if reason is None and self.stop.push(text):
             reason = "stop_sequence"
-        self.request.emit(self._token_event(choice, text))
-        if reason is not None:
-            self._finish(reason)
+        event = self._token_event(choice, text)
+        if reason is None:
+            self.request.emit(event)
+        else:
+            self.finished = True
+            self.request.emit(event, self._finish_event(reason))
 
     def _length_or_eos(self, token_id: int) -> FinishReason | None:
         # TGI's order: the length limit is checked before EOS.
@@ -160,19 +169,15 @@ class Sequence:
             top_tokens=top,
         )
 
-    def _finish(self, reason: FinishReason) -> None:
-        self.finished = True
-        request = self.request
+    def _finish_event(self, reason: FinishReason) -> FinishEvent:
         text = str(self.state.tokenizer.decode(self.generated, skip_special_tokens=True))
-        request.emit(
-            FinishEvent(
-                finish_reason=reason,
-                generated_tokens=len(self.generated),
-                generated_text=text,
-                seed=request.seed,
-                prefill=self.prefill,
-                timings=self._timings(),
-            )
+        return FinishEvent(
+            finish_reason=reason,
+            generated_tokens=len(self.generated),
+            generated_text=text,
+            seed=self.request.seed,
+            prefill=self.prefill,
+            timings=self._timings(),
         )
 
     def _timings(self) -> Timings:
@@ -188,12 +193,10 @@ class Sequence:
         )
 
 
-def new_model_state(
-    loaded: LoadedModel, *, batch_invariant: bool, products: ExactProducts
-) -> ModelState:
+def new_model_state(loaded: LoadedModel, *, products: ExactProducts) -> ModelState:
     tokenizer = copy.deepcopy(loaded.tokenizer)
     return ModelState(
-        runner=GPT2Runner(loaded.model, batch_invariant=batch_invariant, products=products),
+        runner=GPT2Runner(loaded.model, products=products),
         tokenizer=tokenizer,
         special_ids=frozenset(int(i) for i in tokenizer.all_special_ids),
         eos_ids=eos_token_ids(loaded),

@@ -177,24 +177,31 @@ class TextGeneration:
             raise ValidationFailed(
                 "`decoder_input_details` == true is not supported when streaming tokens"
             )
-        pending: TokenEvent | None = None
-        async for event in self.events(job.prepared):
-            if isinstance(event, TokenEvent):
-                if pending is not None:
-                    yield _stream_event(pending)
-                pending = event
-                continue
-            assert pending is not None  # max_new_tokens >= 1: a finish follows a token
-            text = (job.inputs if job.return_full_text else "") + event.generated_text
-            details = None
-            if job.details:
-                details = {
-                    "finish_reason": event.finish_reason,
-                    "generated_tokens": event.generated_tokens,
-                    "seed": event.seed,
-                    "input_length": job.prompt_tokens,
-                }
-            yield _stream_event(pending, generated_text=text, details=details)
+        stream = await self.engine.stream(
+            job.prepared.model.id, job.prepared.input_ids, job.prepared.params
+        )
+        async with stream:
+            async for event in stream:
+                if not isinstance(event, TokenEvent):
+                    return  # a finish: already sent with its token
+                finish = stream.finish_after()
+                if finish is None:
+                    yield _stream_event(event)  # sent now: the first token waits for nothing
+                else:
+                    yield self._last_stream_event(job, event, finish)
+
+    @staticmethod
+    def _last_stream_event(job: TGIJob, token: TokenEvent, finish: FinishEvent) -> dict[str, Any]:
+        text = (job.inputs if job.return_full_text else "") + finish.generated_text
+        details = None
+        if job.details:
+            details = {
+                "finish_reason": finish.finish_reason,
+                "generated_tokens": finish.generated_tokens,
+                "seed": finish.seed,
+                "input_length": job.prompt_tokens,
+            }
+        return _stream_event(token, generated_text=text, details=details)
 
 
 def _tgi_token(token: Any) -> TGIToken:

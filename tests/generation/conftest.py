@@ -46,10 +46,15 @@ def loaded(tiny_folder: TinyFolder) -> LoadedModel:
 
 @pytest.fixture(scope="module")
 def engine(loaded: LoadedModel) -> Iterator[GenerationEngine]:
-    """Two threads share the rows of each exact product (the default on a 2-core CPU), so
-    every bit-exactness test also covers that."""
+    """Every step exact, two threads sharing the rows of each exact product (the default on a
+    2-core CPU), so every bit-exactness test also covers that."""
     engine = GenerationEngine(
-        single_model_cache(loaded), CPU, max_queue=64, max_batch=8, product_threads=2
+        single_model_cache(loaded),
+        CPU,
+        max_queue=64,
+        max_batch=8,
+        exactness="always",
+        product_threads=2,
     )
     yield engine
     engine.close()

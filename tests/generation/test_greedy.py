@@ -74,7 +74,9 @@ def test_batched_with_a_sliced_lm_head(
     """Slices small enough that even the tiny LM head is cut (the way GPT-2's 154 MB one is):
     still bit-exact, because slicing is only used when it is."""
     monkeypatch.setattr(products, "SLICE_BYTES", 16 << 10)
-    engine = GenerationEngine(single_model_cache(loaded), CPU, product_threads=2)
+    engine = GenerationEngine(
+        single_model_cache(loaded), CPU, exactness="always", product_threads=2
+    )
     try:
         results = asyncio.run(run_together(engine, loaded))
     finally:
@@ -86,7 +88,7 @@ def test_batched_with_a_sliced_lm_head(
 
 def test_batched_fast_mode_is_exact_alone(loaded: LoadedModel) -> None:
     """Without batch invariance a lone request still takes generate's exact path."""
-    engine = GenerationEngine(single_model_cache(loaded), CPU, batch_invariant=False)
+    engine = GenerationEngine(single_model_cache(loaded), CPU, exactness="never")
     prompt = prompts(loaded)[0]
     try:
         result = asyncio.run(engine.generate("tiny", prompt, GenerationParams(max_new_tokens=15)))

@@ -37,12 +37,12 @@ def test_decode_continues_the_prefill(loaded: LoadedModel) -> None:
     """Two sequences decoded together give the logits of a plain forward over each whole
     sequence (to float tolerance: the full forward multiplies other matrix shapes)."""
     helper = HelperThread("test-helper")
-    runner = GPT2Runner(loaded.model, batch_invariant=True, products=ExactProducts([helper]))
+    runner = GPT2Runner(loaded.model, products=ExactProducts([helper]))
     sequences = [[5, 9, 31, 7], [44, 2]]
     caches = [runner.new_cache(16) for _ in sequences]
     for tokens, cache in zip(sequences, caches, strict=True):
         runner.prefill(tokens, cache, all_logits=False)
-    logits = runner.decode(caches, [11, 12])
+    logits = runner.decode(caches, [11, 12], exact=True)
     for row, (tokens, extra) in enumerate(zip(sequences, [11, 12], strict=True)):
         with torch.inference_mode():
             expected = loaded.model(torch.tensor([[*tokens, extra]])).logits[0, -1]

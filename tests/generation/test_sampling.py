@@ -7,6 +7,7 @@ import asyncio
 import torch
 
 from app.generation import GenerationEngine, GenerationParams, GenerationResult, LoadedModel
+from tests.generation.conftest import CPU, single_model_cache
 from tests.generation.reference import assert_same, generate_reference
 
 WARPED = GenerationParams(
@@ -69,6 +70,33 @@ def test_same_seed_alone_or_batched(engine: GenerationEngine, loaded: LoadedMode
     assert [t.id for t in batched.tokens] == [t.id for t in alone.tokens]
     assert [t.logprob for t in batched.tokens] == [t.logprob for t in alone.tokens]
     assert batched.generated_text == alone.generated_text
+
+
+def test_default_exactness_follows_the_seeded_requests(loaded: LoadedModel) -> None:
+    """The default ("seeded"): unseeded requests share stacked steps; while a request with a
+    seed of its own is in the batch, steps are exact, so its text is the one it gets alone."""
+    engine = GenerationEngine(single_model_cache(loaded), CPU)
+    greedy = [
+        (prompt_of(loaded, text), GenerationParams(max_new_tokens=20))
+        for text in ("hello world", "the lazy dog says", "weights")
+    ]
+
+    async def together(*requests: tuple[list[int], GenerationParams]) -> list[GenerationResult]:
+        return list(await asyncio.gather(*(engine.generate("tiny", p, r) for p, r in requests)))
+
+    try:
+        prompt = prompt_of(loaded, "a checkpoint registry")
+        alone = asyncio.run(engine.generate("tiny", prompt, WARPED))
+        asyncio.run(together(*greedy))
+        stacked = engine.stats()
+        batched = asyncio.run(together(*greedy, (prompt, WARPED)))[-1]
+        mixed = engine.stats()
+    finally:
+        engine.close()
+    assert stacked.exact_steps == 0 and stacked.decoded_rows > stacked.decode_steps
+    assert mixed.exact_steps > 0
+    assert [t.id for t in batched.tokens] == [t.id for t in alone.tokens]
+    assert [t.logprob for t in batched.tokens] == [t.logprob for t in alone.tokens]
 
 
 def test_unseeded_sampling_reports_a_reusable_seed(

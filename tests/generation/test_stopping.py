@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from app.generation import (
+    FinishEvent,
     GenerationEngine,
     GenerationParams,
     GenerationResult,
     LoadedModel,
+    TokenEvent,
     ValidationFailed,
     load_model_folder,
 )
@@ -163,3 +165,24 @@ def run_alone(loaded: LoadedModel, prompt: list[int], params: GenerationParams) 
         return asyncio.run(engine.generate("tiny", prompt, params))
     finally:
         engine.close()
+
+
+def test_a_stream_tells_its_last_token_without_waiting(
+    engine: GenerationEngine, loaded: LoadedModel
+) -> None:
+    """finish_after() answers at once: None after each token but the last, the finish event
+    after the last (so a TGI stream sends every token the moment it exists)."""
+
+    async def run() -> list[FinishEvent | None]:
+        answers: list[FinishEvent | None] = []
+        prompt = prompt_of(loaded, "hello")
+        async with await engine.stream("tiny", prompt, GenerationParams(max_new_tokens=4)) as s:
+            async for event in s:
+                if isinstance(event, TokenEvent):
+                    answers.append(s.finish_after())
+        return answers
+
+    answers = asyncio.run(run())
+    assert answers[:3] == [None, None, None]
+    last = answers[3]
+    assert isinstance(last, FinishEvent) and last.generated_tokens == 4
