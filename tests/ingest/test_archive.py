@@ -24,60 +24,28 @@ from app.ingest import archive as archive_module
 from app.ingest.archive import ExtractedFile, ZipMember, ZipPlan, extract_zip, scan_zip
 from app.ingest.safetensors_format import hash_safetensors_file
 from app.ingest.types import IngestLimits
+from tests.hostile.builders import (
+    CENTRAL_COMPRESSED,
+    CENTRAL_EXTERNAL_ATTR,
+    CENTRAL_FLAGS,
+    CENTRAL_OFFSET,
+    CENTRAL_SIZE,
+    END_CD_OFFSET,
+    END_CD_SIZE,
+    END_COUNT,
+    END_COUNT_HERE,
+    END_DISK,
+    LOCAL_FLAGS,
+    LOCAL_NAME,
+    central_records,
+    end_record,
+    local_header,
+    patch,
+    patch_central,
+    zip_bytes,
+)
 
 LIMITS = IngestLimits()
-
-# Offsets of fields inside zip records (APPNOTE 4.3.7, 4.3.12, 4.3.16).
-LOCAL_FLAGS, LOCAL_NAME = 6, 30
-CENTRAL_FLAGS, CENTRAL_CRC, CENTRAL_COMPRESSED, CENTRAL_SIZE = 8, 16, 20, 24
-CENTRAL_EXTERNAL_ATTR, CENTRAL_OFFSET = 38, 42
-END_DISK, END_COUNT_HERE, END_COUNT, END_CD_SIZE, END_CD_OFFSET = 4, 8, 10, 12, 16
-
-
-# --- building archives ------------------------------------------------------------------------
-
-
-def zip_bytes(
-    entries: dict[str, bytes] | list[tuple[str, bytes]],
-    compression: int = zipfile.ZIP_STORED,
-) -> bytearray:
-    buffer = io.BytesIO()
-    items = entries.items() if isinstance(entries, dict) else entries
-    with zipfile.ZipFile(buffer, "w", compression=compression) as archive:
-        for name, data in items:
-            archive.writestr(zipfile.ZipInfo(name), data, compress_type=compression)
-    return bytearray(buffer.getvalue())
-
-
-def end_record(data: bytes | bytearray) -> int:
-    return data.rindex(b"PK\x05\x06")
-
-
-def central_records(data: bytes | bytearray) -> list[int]:
-    """Offsets of each central directory record, walked from the end record."""
-    end = end_record(data)
-    count, _, offset = struct.unpack_from("<HLL", data, end + END_COUNT)
-    positions = []
-    for _ in range(count):
-        assert data[offset : offset + 4] == b"PK\x01\x02"
-        positions.append(offset)
-        name, extra, comment = struct.unpack_from("<3H", data, offset + 28)
-        offset += 46 + name + extra + comment
-    return positions
-
-
-def local_header(data: bytes | bytearray, index: int) -> int:
-    (offset,) = struct.unpack_from("<L", data, central_records(data)[index] + CENTRAL_OFFSET)
-    return int(offset)
-
-
-def patch(data: bytearray, offset: int, fmt: str, value: int) -> bytearray:
-    struct.pack_into(fmt, data, offset, value)
-    return data
-
-
-def patch_central(data: bytearray, index: int, field: int, fmt: str, value: int) -> bytearray:
-    return patch(data, central_records(data)[index] + field, fmt, value)
 
 
 def write(tmp_path: Path, data: bytes | bytearray, name: str = "upload.zip") -> Path:

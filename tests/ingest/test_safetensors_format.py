@@ -9,7 +9,6 @@ import struct
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -29,6 +28,7 @@ from app.ingest.safetensors_format import (
     read_header,
 )
 from app.ingest.types import IngestLimits
+from tests.hostile.builders import entry, raw_file
 
 LIMITS = IngestLimits()
 EMPTY_SHA = hashlib.sha256(b"").hexdigest()
@@ -78,15 +78,6 @@ def stream_hash(
     for start in range(0, len(data), chunk):
         hasher.update(data[start : start + chunk])
     return hasher.finish()
-
-
-def raw_file(header: dict[str, Any] | bytes, data: bytes = b"") -> bytes:
-    encoded = header if isinstance(header, bytes) else json.dumps(header).encode()
-    return struct.pack("<Q", len(encoded)) + encoded + data
-
-
-def entry(dtype: Any, shape: list[Any], begin: Any, end: Any) -> dict[str, Any]:
-    return {"dtype": dtype, "shape": shape, "data_offsets": [begin, end]}
 
 
 # --- valid files --------------------------------------------------------------------------------

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import resource
-import subprocess
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +34,14 @@ from app.ingest.torch_pickle import (
     convert_torch_checkpoint,
 )
 from app.ingest.types import IngestLimits
+from tests.hostile.builders import (
+    Reduce,
+    getattr_builtins_pickle,
+    hostile_payloads,
+    memo_bomb,
+    rewrite_zip,
+    with_data_pkl,
+)
 
 LIMITS = IngestLimits()
 
@@ -99,48 +105,6 @@ def rejection_in_process(src: Path, out_dir: Path) -> torch_child.Rejection:
     with pytest.raises(torch_child.Rejection) as caught:
         convert_in_process(src, out_dir)
     return caught.value
-
-
-def rewrite_zip(src: Path, dst: Path, edit: Callable[[str, bytes], bytes]) -> Path:
-    """Copy a torch.save archive, passing each member's bytes through `edit`."""
-    with zipfile.ZipFile(src) as old, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as new:
-        for info in old.infolist():
-            new.writestr(info.filename, edit(info.filename, old.read(info.filename)))
-    return dst
-
-
-def with_data_pkl(tmp_path: Path, name: str, data_pkl: bytes) -> Path:
-    """A torch.save archive whose data.pkl is replaced by hand-written pickle bytes."""
-    base = save({"w": torch.zeros(2)}, tmp_path / f"{name}-base.pt")
-    return rewrite_zip(
-        base, tmp_path / f"{name}.pt", lambda n, d: data_pkl if n.endswith("/data.pkl") else d
-    )
-
-
-class Reduce:
-    """Pickles as `func(*args)`: what a hostile checkpoint runs under unrestricted unpickling."""
-
-    def __init__(self, func: Callable[..., Any], *args: Any) -> None:
-        self.func, self.args = func, args
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (self.func, self.args)
-
-
-def hostile_payloads(canary: Path) -> dict[str, Any]:
-    touch = f"open({str(canary)!r}, 'w').close()"
-    return {
-        "os.system": Reduce(os.system, f"touch {canary}"),
-        "eval": Reduce(eval, touch),
-        "exec": Reduce(exec, touch),
-        "subprocess.Popen": Reduce(subprocess.Popen, ["touch", str(canary)]),
-    }
-
-
-def getattr_builtins_pickle(canary: Path) -> bytes:
-    """getattr(__import__('os'), 'system')('touch canary'), hand-written in protocol 0."""
-    command = f"touch {canary}".encode()
-    return b"cbuiltins\ngetattr\n(cbuiltins\n__import__\n(Vos\ntRVsystem\ntR(V" + command + b"\ntR."
 
 
 # --- valid checkpoints -----------------------------------------------------------------------
@@ -498,15 +462,6 @@ def test_dup_opcode_bomb_is_refused(tmp_path: Path) -> None:
     failure = rejection(with_data_pkl(tmp_path, "dup", data_pkl), tmp_path / "out")
     assert failure.code == "torch_unsafe_pickle"
     assert "Unsupported operand 50" in failure.message
-
-
-def memo_bomb(levels: int = 250) -> bytes:
-    """{"bomb": (L0, ..., Ln)} where L[i] = [L[i-1], L[i-1]]: 2**levels paths in a tiny pickle."""
-    body = b"]q\x00"
-    for level in range(1, levels + 1):
-        body += b"]q" + bytes([level]) + b"(h" + bytes([level - 1]) + b"h" + bytes([level - 1])
-        body += b"e"
-    return b"\x80\x02}X\x04\x00\x00\x00bomb(" + body + b"ts."
 
 
 def test_memo_expansion_bomb_is_refused(tmp_path: Path) -> None:
