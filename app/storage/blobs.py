@@ -7,99 +7,94 @@ into place, so a blob path either holds the complete content or does not exist.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
-import re
-import shutil
-import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from app.errors import NotFound
+from app import faults
+from app.errors import InsufficientStorage, NotFound
+from app.hashing import CHUNK_BYTES
+from app.storage.base import SHA256, BlobStorage, check_digest
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
-class BlobStore:
+@contextlib.contextmanager
+def out_of_space_is_507(doing: str) -> Iterator[None]:
+    """Turn a full disk (or quota) met while `doing` something into a 507 for the client."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _OUT_OF_SPACE:
+            raise InsufficientStorage(f"the server ran out of disk space {doing}") from exc
+        raise
+
+
+class BlobStore(BlobStorage):
+    """Blobs on the local disk under `root/blobs`; temp files under `root/tmp`."""
+
     def __init__(self, root: Path) -> None:
-        self.root = root
+        super().__init__(root)
         self.blob_dir = root / "blobs"
-        self.tmp_dir = root / "tmp"
-        # Held while a change makes blobs referenced or unreferenced (store + commit, or delete +
-        # collect), so garbage collection never removes a blob a concurrent upload is adopting.
-        self.reference_lock = threading.RLock()
 
     def prepare(self) -> None:
         self.blob_dir.mkdir(parents=True, exist_ok=True)
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        super().prepare()
 
-    def path(self, sha256: str) -> Path:
-        if not _SHA256.match(sha256):
-            raise ValueError(f"not a sha256 hex digest: {sha256!r}")
-        return self.blob_dir / sha256[:2] / sha256
+    def local_path(self, sha256: str) -> Path:
+        return self.blob_dir / check_digest(sha256)[:2] / sha256
+
+    def served_path(self, sha256: str) -> Path | None:
+        return self.local_path(sha256)
+
+    def read(self, sha256: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        try:
+            handle = self.local_path(sha256).open("rb")
+        except FileNotFoundError as exc:
+            raise NotFound(f"blob {sha256} is missing from the store") from exc
+        with handle:
+            handle.seek(start)
+            left = None if end is None else end - start
+            while left is None or left > 0:
+                chunk = handle.read(CHUNK_BYTES if left is None else min(CHUNK_BYTES, left))
+                if not chunk:
+                    return
+                left = None if left is None else left - len(chunk)
+                yield chunk
 
     def exists(self, sha256: str) -> bool:
-        return self.path(sha256).is_file()
+        return self.local_path(sha256).is_file()
 
     def size(self, sha256: str) -> int:
         try:
-            return self.path(sha256).stat().st_size
+            return self.local_path(sha256).stat().st_size
         except FileNotFoundError as exc:
             raise NotFound(f"blob {sha256} is missing from the store") from exc
 
     def put(self, src: Path, sha256: str) -> bool:
-        """Move the finished file `src` (already hashed by the caller) into the store.
-
-        Returns True when the blob is new, False when identical content was already stored
-        (then `src` is simply removed).
-        """
-        dest = self.path(sha256)
+        dest = self.local_path(sha256)
         if dest.exists():
             src.unlink()
             os.utime(dest)
             return False
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        _fsync_file(src)
-        os.replace(src, dest)
-        _fsync_dir(dest.parent)
+        with out_of_space_is_507("while storing the upload"):
+            faults.before_write("blob")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            _fsync_file(src)
+            os.replace(src, dest)
+            _fsync_dir(dest.parent)
         return True
 
     def delete(self, sha256: str) -> None:
         with contextlib.suppress(FileNotFoundError):
-            self.path(sha256).unlink()
+            self.local_path(sha256).unlink()
 
     def iter_digests(self) -> Iterator[str]:
         for shard in self.blob_dir.iterdir():
             for blob in shard.iterdir():
-                if _SHA256.match(blob.name):
+                if SHA256.match(blob.name):
                     yield blob.name
-
-    @contextlib.contextmanager
-    def workdir(self, prefix: str = "ingest-") -> Iterator[Path]:
-        """A fresh private directory under tmp/, removed with everything in it on exit."""
-        path = Path(tempfile.mkdtemp(prefix=prefix, dir=self.tmp_dir))
-        try:
-            yield path
-        finally:
-            shutil.rmtree(path, ignore_errors=True)
-
-    def clear_tmp(self) -> int:
-        """Remove leftovers of interrupted uploads; only safe at startup."""
-        removed = 0
-        for entry in self.tmp_dir.iterdir():
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
-            removed += 1
-        return removed
-
-    def collect_garbage(self, referenced: set[str]) -> list[str]:
-        with self.reference_lock:
-            orphans = [digest for digest in self.iter_digests() if digest not in referenced]
-            for digest in orphans:
-                self.delete(digest)
-        return orphans
 
 
 def _fsync_file(path: Path) -> None:

@@ -1,0 +1,111 @@
+"""The blob storage contract: content-addressed blobs keyed by sha256, wherever they live.
+
+Scratch space is always local: uploads spool into `tmp/` and ingest works in private `workdir`s
+under the data dir, whichever backend keeps the blobs (`BlobStore` on the local disk,
+`S3BlobStore` in S3-compatible object storage).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import tempfile
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def check_digest(sha256: str) -> str:
+    if not SHA256.match(sha256):
+        raise ValueError(f"not a sha256 hex digest: {sha256!r}")
+    return sha256
+
+
+class BlobStorage(ABC):
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmp_dir = root / "tmp"
+        # Held while a change makes blobs referenced or unreferenced (store + commit, or delete +
+        # collect), so garbage collection never removes a blob a concurrent upload is adopting.
+        self.reference_lock = threading.RLock()
+
+    # -- the blobs ------------------------------------------------------------------------------
+
+    @abstractmethod
+    def exists(self, sha256: str) -> bool: ...
+
+    @abstractmethod
+    def size(self, sha256: str) -> int:
+        """The blob's size in bytes; NotFound when it is missing."""
+
+    @abstractmethod
+    def put(self, src: Path, sha256: str) -> bool:
+        """Move the finished file `src` (already hashed by the caller) into the store.
+
+        Returns True when the blob is new, False when identical content was already stored;
+        `src` is gone afterwards either way.
+        """
+
+    @abstractmethod
+    def delete(self, sha256: str) -> None:
+        """Remove the blob; a missing blob is not an error."""
+
+    @abstractmethod
+    def iter_digests(self) -> Iterator[str]: ...
+
+    @abstractmethod
+    def local_path(self, sha256: str) -> Path:
+        """A local file holding the blob, for readers that need one (worker, diffs, generation).
+
+        A remote backend raises NotFound for a missing blob and CorruptBlob when the fetched
+        bytes fail their sha256; the local one returns the blob's path, absent then.
+        """
+
+    @abstractmethod
+    def served_path(self, sha256: str) -> Path | None:
+        """The file to send a client as is, when the backend has one without copying."""
+
+    @abstractmethod
+    def read(self, sha256: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """The bytes `start` to `end` (exclusive; None: the end) in chunks, for streaming."""
+
+    # -- local scratch space and maintenance ----------------------------------------------------
+
+    def prepare(self) -> None:
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def workdir(self, prefix: str = "ingest-") -> Iterator[Path]:
+        """A fresh private directory under tmp/, removed with everything in it on exit."""
+        path = Path(tempfile.mkdtemp(prefix=prefix, dir=self.tmp_dir))
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def clear_tmp(self) -> int:
+        """Remove leftovers of interrupted uploads; only safe at startup."""
+        removed = 0
+        for entry in self.tmp_dir.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+    def sweepable_digests(self) -> Iterator[str]:
+        """The blobs a garbage collection may remove when unreferenced: all of them here."""
+        return self.iter_digests()
+
+    def collect_garbage(self, referenced: set[str]) -> list[str]:
+        with self.reference_lock:
+            candidates = self.sweepable_digests()
+            orphans = [digest for digest in candidates if digest not in referenced]
+            for digest in orphans:
+                self.delete(digest)
+        return orphans
