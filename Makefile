@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: serve test lint typecheck check bench clean install
+.PHONY: serve test test-sqlite test-postgres lint typecheck check bench clean install
 
 install: $(STAMP)
 
@@ -22,8 +22,16 @@ serve: $(STAMP)
 	$(BIN)/ckpt migrate
 	$(BIN)/ckpt serve
 
-test: $(STAMP)
+# The whole suite on SQLite, then every test that talks to a database (marked `database`, set
+# for tests using the server/database_url fixtures) again on PostgreSQL, each module in a fresh
+# database on CKPT_TEST_POSTGRES_URL's server. No PostgreSQL there: that pass reports SKIPPED.
+test: test-sqlite test-postgres
+
+test-sqlite: $(STAMP)
 	$(BIN)/pytest
+
+test-postgres: $(STAMP)
+	CKPT_TEST_DATABASE=postgresql $(BIN)/pytest -m "database and not sqlite_only"
 
 lint: $(STAMP)
 	$(BIN)/ruff check app tests bench migrations

@@ -1,21 +1,24 @@
-"""`ckpt`: the command line entry point."""
+"""`ckpt`: the command line entry point; each package registers its own subcommands."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
+from app.auth.cli import add_key_commands
+from app.commands import add_client_commands
+from app.commands.service import add_service_commands
 from app.config import Settings
+from app.demo.cli import add_demo_command
+from app.observability.logs import configure_logging
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+    configure_logging(settings.log_format, settings.log_level)
     code: int = args.handler(args)
     return code
 
@@ -23,88 +26,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ckpt", description="Checkpoint Registry")
     commands = parser.add_subparsers(dest="command", required=True)
-
-    serve = commands.add_parser("serve", help="run the HTTP API")
-    serve.add_argument("--host", default=None, help="bind address (default CKPT_HOST or 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=None, help="port (default CKPT_PORT or 8000)")
-    serve.set_defaults(handler=_serve)
-
-    migrate = commands.add_parser("migrate", help="bring the database to the latest schema")
-    migrate.set_defaults(handler=_migrate)
-
-    worker = commands.add_parser("worker", help="run a verification worker (owns the device)")
-    worker.set_defaults(handler=_worker)
-
-    reference = commands.add_parser(
-        "reference-outputs",
-        help="record a model folder's outputs, to prove them later with a verification",
-    )
-    reference.add_argument("model_dir", type=Path, help="a save_pretrained() folder")
-    reference.add_argument("--prompts", nargs="+", default=None, help="prompt texts")
-    reference.add_argument("--max-new-tokens", type=int, default=32)
-    reference.add_argument("--device", default="cpu")
-    reference.add_argument("-o", "--output", type=Path, default=None, help="file (default stdout)")
-    reference.set_defaults(handler=_reference_outputs)
+    add_service_commands(commands)
+    add_demo_command(commands)
+    add_key_commands(commands)
+    add_client_commands(commands)
     return parser
-
-
-def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from app.db.engine import Database
-    from app.db.migrate import schema_problem
-
-    settings = Settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    db = Database(settings.resolved_database_url)
-    problem = schema_problem(db.engine, db.url)
-    db.dispose()
-    if problem:
-        print(f"ckpt serve: {problem}", file=sys.stderr)
-        return 1
-    uvicorn.run(
-        "app.main:create_app",
-        factory=True,
-        host=args.host or settings.host,
-        port=args.port or settings.port,
-        timeout_graceful_shutdown=10,
-    )
-    return 0
-
-
-def _worker(_args: argparse.Namespace) -> int:
-    from app.worker.main import run_worker
-
-    return run_worker(Settings())
-
-
-def _reference_outputs(args: argparse.Namespace) -> int:
-    from app.verify.reference_outputs import record_reference_outputs
-
-    document = record_reference_outputs(
-        args.model_dir,
-        prompts=args.prompts,
-        token_ids=None,
-        max_new_tokens=args.max_new_tokens,
-        device=args.device,
-    )
-    text = json.dumps(document)
-    if args.output is None:
-        print(text)
-    else:
-        args.output.write_text(text)
-        print(f"reference outputs for {len(document['prompts'])} prompts -> {args.output}")
-    return 0
-
-
-def _migrate(_args: argparse.Namespace) -> int:
-    from app.db.migrate import upgrade
-
-    settings = Settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade(settings.resolved_database_url)
-    print(f"database at the latest schema: {settings.resolved_database_url}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
+from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.ingest.types import IngestLimits
@@ -16,6 +17,13 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("./data")
     database_url: str | None = None
+    # Where blobs live: unset or file:///dir (local disk), or s3://bucket/prefix (endpoint and
+    # credentials from the AWS_* variables); files read from S3 are cached locally, LRU-bounded.
+    storage_url: str | None = None
+    blob_cache_bytes: int = 20 << 30
+    # An unreferenced object younger than this survives the startup sweep (S3 only: another
+    # replica may have stored it for an upload it has not committed yet).
+    orphan_grace_seconds: float = 3600.0
     max_upload_bytes: int = 20 << 30
     max_uncompressed_bytes: int = 64 << 30
     max_zip_entries: int = 10_000
@@ -32,10 +40,36 @@ class Settings(BaseSettings):
     max_batch: int = 8
     max_stop_sequences: int = 4
     max_top_n_tokens: int = 5
+    max_new_tokens: int = 1024
+    max_input_chars: int = 256 << 10
     # app.generation.Exactness (not imported here: it would pull torch into every import)
     exact_batching: Literal["always", "seeded", "never"] = "seeded"
     host: str = "127.0.0.1"
     port: int = 8000
+    # Abuse limits: an upload body that stalls this long, or arrives slower than the minimum
+    # rate once this long has passed, answers 408; uvicorn answers 503 past the concurrency.
+    body_timeout_seconds: float = 60.0
+    min_body_bytes_per_second: int = 1024
+    limit_concurrency: int | None = None
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    # API keys (app.auth): `auto` requires a key once any exists, or off loopback.
+    auth: Literal["auto", "required", "off"] = "auto"
+    key_pepper: SecretStr | None = None
+    rate_limit_per_minute: int | None = None
+    key_quota_bytes: int | None = None
+
+    @field_validator("storage_url")
+    @classmethod
+    def _known_storage_scheme(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("file://", "s3://")):
+            raise ValueError("must be file:///dir or s3://bucket/prefix")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @property
     def resolved_database_url(self) -> str:

@@ -13,9 +13,13 @@ class AppError(Exception):
     status: int = 500
     code: str = "internal_error"
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
+        # Response headers the error needs (WWW-Authenticate on 401, Retry-After on 429).
+        self.headers = headers or {}
         if code is not None:
             self.code = code
 
@@ -40,6 +44,13 @@ class Conflict(AppError):
 class PayloadTooLarge(AppError):
     status = 413
     code = "payload_too_large"
+
+
+class RequestTimeout(AppError):
+    """The client stalled or sent its body too slowly."""
+
+    status = 408
+    code = "request_timeout"
 
 
 class UnsupportedMediaType(AppError):

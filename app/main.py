@@ -11,17 +11,23 @@ from fastapi import FastAPI
 from app import __version__
 from app.api import checkpoints, health, openai_compat, tgi, verifications
 from app.api.errors import install_error_handlers
+from app.auth import api as keys_api
+from app.auth.deps import require_scope, scope_by_method
+from app.auth.service import Authenticator
 from app.config import Settings
 from app.db.engine import Database
 from app.db.migrate import schema_problem
 from app.generation import GenerationEngine, ModelCache
 from app.generation.cache import stored_checkpoint_loader
+from app.observability.install import install_observability
 from app.services.checkpoints import CheckpointService
 from app.services.diffs import DiffService
 from app.services.generation import GenerationCatalog
 from app.services.text_generation import GenerationLimits, TextGeneration
 from app.services.verifications import VerificationService
-from app.storage.blobs import BlobStore
+from app.storage.base import BlobStorage
+from app.storage.factory import open_blob_store
+from app.ui import pages as ui_pages
 from app.worker.embedded import EmbeddedWorker
 
 log = logging.getLogger(__name__)
@@ -42,16 +48,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if problem:
             db.dispose()
             raise SchemaOutOfDate(problem)
-        store = BlobStore(settings.data_dir)
+        store = open_blob_store(settings)
         service = CheckpointService(
             db, store, settings.ingest_limits, job_max_attempts=settings.job_max_attempts
         )
         service.recover_storage()
         app.state.settings, app.state.db, app.state.store = settings, db, store
         app.state.checkpoints = service
+        app.state.auth = Authenticator(db, settings)
         app.state.verifications = VerificationService(db, settings.job_max_attempts)
         app.state.diffs = DiffService(db, store)
         app.state.generation = _text_generation(settings, db, store)
+        app.state.metrics.watch_generation(app.state.generation.engine)
         worker = EmbeddedWorker(settings) if settings.embedded_worker else None
         try:
             yield
@@ -68,15 +76,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    install_observability(app)  # the outermost middleware: add other middleware above
     app.include_router(health.router)
-    app.include_router(checkpoints.router)
-    app.include_router(verifications.router)
-    app.include_router(openai_compat.router)
-    app.include_router(tgi.router)
+    # Access: GET needs a `read` key, changes need `write` (deleting a checkpoint: `admin`).
+    app.include_router(checkpoints.router, dependencies=[scope_by_method()])
+    app.include_router(verifications.router, dependencies=[scope_by_method()])
+    app.include_router(openai_compat.router, dependencies=[require_scope("read")])
+    app.include_router(tgi.router, dependencies=[require_scope("read")])
+    app.include_router(ui_pages.router, dependencies=[require_scope("read")])
+    app.include_router(keys_api.router)
     return app
 
 
-def _text_generation(settings: Settings, db: Database, store: BlobStore) -> TextGeneration:
+def _text_generation(settings: Settings, db: Database, store: BlobStorage) -> TextGeneration:
     """The generation engine: models loaded lazily into an LRU cache, one scheduler thread."""
     from app.worker.device import resolve_device
 
@@ -90,6 +102,8 @@ def _text_generation(settings: Settings, db: Database, store: BlobStore) -> Text
         max_batch=settings.max_batch,
         max_stop_sequences=settings.max_stop_sequences,
         max_top_n_tokens=settings.max_top_n_tokens,
+        max_new_tokens=settings.max_new_tokens,
+        max_input_chars=settings.max_input_chars,
     )
     engine = GenerationEngine(
         ModelCache(loader, settings.model_cache_bytes),

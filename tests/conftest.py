@@ -11,6 +11,12 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.database import (
+    drop_leftovers,
+    fresh_database,
+    on_postgresql,
+    postgres_unreachable,
+)
 from tests.live_server import LiveServer
 from tests.models import build_gpt2, build_tokenizer, save_model_folder, zip_folder
 
@@ -66,14 +72,23 @@ def server(
         yield live
 
 
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database for one test: a SQLite file, or a fresh PostgreSQL database."""
+    with fresh_database(request.node.name, f"sqlite:///{tmp_path / 'registry.sqlite3'}") as url:
+        yield url
+
+
 @pytest.fixture(scope="module")
 def client(server: LiveServer) -> Iterator[httpx.Client]:
     with server.client() as http:
         yield http
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects: it may select on `database`
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked `gpu` run only where CUDA is available."""
+    _select_for_database(items)
     import torch
 
     if torch.cuda.is_available():
@@ -82,3 +97,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# A test that uses one of these fixtures talks to a database: marked `database` automatically.
+DATABASE_FIXTURES = frozenset({"server", "database_url"})
+
+
+def _select_for_database(items: list[pytest.Item]) -> None:
+    """`sqlite_only` / `postgres_only` tests skip on the other pass; no PostgreSQL, no PG pass."""
+    unreachable = postgres_unreachable() if on_postgresql() else None
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if DATABASE_FIXTURES & fixtures or "postgres_only" in item.keywords:
+            item.add_marker(pytest.mark.database)
+        if unreachable:
+            item.add_marker(pytest.mark.skip(reason=unreachable))
+        elif on_postgresql() and "sqlite_only" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason="SQLite-specific (PostgreSQL pass)"))
+        elif not on_postgresql() and "postgres_only" in item.keywords:
+            reason = "runs on the PostgreSQL pass (CKPT_TEST_DATABASE=postgresql)"
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if on_postgresql() and not postgres_unreachable():
+        drop_leftovers()

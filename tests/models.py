@@ -12,23 +12,12 @@ CORPUS = [
     "hello world, the model says hello back",
     "weights, outputs and hashes must match exactly",
 ] * 25
-EOS = "<|endoftext|>"
 
 
 def build_tokenizer(vocab_size: int = 300) -> Any:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2TokenizerFast
+    from app.demo.corpus import train_tokenizer
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[EOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tokenizer.train_from_iterator(CORPUS, trainer)
-    return GPT2TokenizerFast(tokenizer_object=tokenizer, bos_token=EOS, eos_token=EOS)
+    return train_tokenizer("\n".join(CORPUS), vocab_size)
 
 
 def build_gpt2(vocab_size: int, *, seed: int = 0, n_layer: int = 2, n_embd: int = 128) -> Any:

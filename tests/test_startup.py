@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
@@ -15,10 +16,9 @@ from app.db.migrate import head_revision, upgrade
 from app.db.models import Base
 
 
-def test_migrations_create_exactly_the_models(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'schema.sqlite3'}"
-    upgrade(url)
-    engine = make_engine(url)
+def test_migrations_create_exactly_the_models(database_url: str) -> None:
+    upgrade(database_url)
+    engine = make_engine(database_url)
     with engine.connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     engine.dispose()
@@ -29,8 +29,13 @@ def test_migrations_have_one_head(tmp_path: Path) -> None:
     assert head_revision(f"sqlite:///{tmp_path / 'x.sqlite3'}") is not None
 
 
-def test_serve_refuses_an_unmigrated_database(tmp_path: Path) -> None:
-    env = {**os.environ, "CKPT_DATA_DIR": str(tmp_path / "data"), "CKPT_PORT": "1"}
+def test_serve_refuses_an_unmigrated_database(tmp_path: Path, database_url: str) -> None:
+    env = {
+        **os.environ,
+        "CKPT_DATA_DIR": str(tmp_path / "data"),
+        "CKPT_PORT": "1",
+        "CKPT_DATABASE_URL": database_url,
+    }
     result = subprocess.run(
         [sys.executable, "-m", "app.cli", "serve"],
         env=env,
@@ -43,6 +48,7 @@ def test_serve_refuses_an_unmigrated_database(tmp_path: Path) -> None:
     assert "not initialised" in result.stderr
 
 
+@pytest.mark.sqlite_only  # looks for the SQLite file in the data dir
 def test_migrate_then_schema_is_current(tmp_path: Path) -> None:
     env = {**os.environ, "CKPT_DATA_DIR": str(tmp_path / "data")}
     migrated = subprocess.run(

@@ -12,6 +12,8 @@ from typing import Any
 
 import httpx
 
+from tests.database import database_env, database_url_for
+
 ROOT = Path(__file__).resolve().parents[1]
 TEST_LEASE_SECONDS = "3"
 
@@ -24,6 +26,7 @@ class WorkerProcess:
             "CKPT_DEVICE": os.environ.get("CKPT_TEST_DEVICE", "cpu"),
             "CKPT_JOB_LEASE_SECONDS": TEST_LEASE_SECONDS,
             "CKPT_WORKER_POLL_SECONDS": "0.1",
+            **database_env(database_url_for(data_dir)),
             **env,
         }
         self.process: subprocess.Popen[bytes] | None = None

@@ -5,20 +5,23 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from dataclasses import replace
 from pathlib import PurePosixPath
 from typing import Any
 
 import anyio
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse
 
+from app.api.blob_response import blob_response
 from app.api.deps import CheckpointsDep, DiffsDep, SettingsDep, StoreDep
 from app.api.errors import error_responses
-from app.api.upload_body import ReceivedUpload, receive_upload
+from app.api.upload_body import BodyPace, ReceivedUpload, receive_upload
+from app.auth.deps import UploadQuotaDep, require_scope
 from app.errors import InvalidInput, PayloadTooLarge
 from app.ingest.inspect import parse_config_text
 from app.ingest.spool import UploadSpool
-from app.services.checkpoints import StoredBlob, UploadRequest
+from app.services.checkpoints import UploadRequest
 from app.services.diffs import CheckpointDiff
 from app.services.views import CheckpointPage, CheckpointView, TensorList
 
@@ -53,7 +56,7 @@ _UPLOAD_BODY: dict[str, Any] = {
     openapi_extra=_UPLOAD_BODY,
     responses={
         200: {"model": CheckpointView, "description": "identical upload already stored"},
-        **error_responses(400, 413, 415, 422, 507),
+        **error_responses(400, 408, 413, 415, 422, 503, 507),
     },
 )
 async def upload_checkpoint(
@@ -61,6 +64,7 @@ async def upload_checkpoint(
     checkpoints: CheckpointsDep,
     settings: SettingsDep,
     store: StoreDep,
+    quota: UploadQuotaDep,
     name: str | None = Query(None, description="checkpoint name (raw body uploads)"),
     filename: str | None = Query(None, description="original file name (raw body uploads)"),
     config: str | None = Query(None, description="config.json as JSON text"),
@@ -74,17 +78,21 @@ async def upload_checkpoint(
     _check_announced_size(request, settings.max_upload_bytes)
 
     def make_spool(expected_size: int | None) -> UploadSpool:
+        quota.check_announced(expected_size)
         path = store.tmp_dir / f"upload-{uuid.uuid4().hex}"
+        max_bytes = quota.spool_limit(settings.max_upload_bytes)
         limits = settings.ingest_limits
-        return UploadSpool(
-            path, max_bytes=settings.max_upload_bytes, limits=limits, expected_size=expected_size
-        )
+        return UploadSpool(path, max_bytes=max_bytes, limits=limits, expected_size=expected_size)
 
-    received = await receive_upload(request, make_spool)
+    pace = BodyPace(settings.body_timeout_seconds, settings.min_body_bytes_per_second)
+    received = await quota.receiving(
+        receive_upload(request, make_spool, pace), settings.max_upload_bytes
+    )
     try:
         upload = _upload_request(
             received, name=name, filename=filename, config=config, metadata=metadata
         )
+        upload = replace(upload, uploaded_by=quota.key_id, quota_bytes=quota.limit)
     except BaseException:
         received.spooled.path.unlink(missing_ok=True)
         raise
@@ -173,28 +181,25 @@ def list_tensors(ref: str, checkpoints: CheckpointsDep) -> TensorList:
     return checkpoints.tensors(ref)
 
 
-@router.get("/{ref}/download", responses=error_responses(400, 404, 416))
-def download_checkpoint(ref: str, checkpoints: CheckpointsDep) -> FileResponse:
+@router.get("/{ref}/download", responses=error_responses(400, 404, 416, 503))
+def download_checkpoint(
+    ref: str, request: Request, checkpoints: CheckpointsDep, store: StoreDep
+) -> Response:
     """The upload exactly as received; supports Range requests."""
-    return _file_response(checkpoints.upload_blob(ref))
+    return blob_response(checkpoints.upload_blob(ref), store, request)
 
 
-@router.get("/{ref}/files/{path:path}", responses=error_responses(400, 404, 416))
-def download_file(ref: str, path: str, checkpoints: CheckpointsDep) -> FileResponse:
-    return _file_response(checkpoints.file_blob(ref, path))
-
-
-def _file_response(blob: StoredBlob) -> FileResponse:
-    return FileResponse(
-        blob.path,
-        media_type="application/octet-stream",
-        filename=blob.filename,
-        headers={"ETag": f'"{blob.sha256}"', "X-Checkpoint-SHA256": blob.sha256},
-    )
+@router.get("/{ref}/files/{path:path}", responses=error_responses(400, 404, 416, 503))
+def download_file(
+    ref: str, path: str, request: Request, checkpoints: CheckpointsDep, store: StoreDep
+) -> Response:
+    return blob_response(checkpoints.file_blob(ref, path), store, request)
 
 
 @router.get(
-    "/{ref_a}/diff/{ref_b}", response_model=CheckpointDiff, responses=error_responses(400, 404)
+    "/{ref_a}/diff/{ref_b}",
+    response_model=CheckpointDiff,
+    responses=error_responses(400, 404, 502, 503),
 )
 def diff_checkpoints(ref_a: str, ref_b: str, diffs: DiffsDep) -> CheckpointDiff:
     """Tensor by tensor: only in a / only in b, shape or dtype changes, identical (by hash) or
@@ -221,7 +226,12 @@ def delete_alias(ref: str, alias: str, checkpoints: CheckpointsDep) -> Checkpoin
     return checkpoints.remove_alias(ref, alias)
 
 
-@router.delete("/{ref}", status_code=204, responses=error_responses(400, 404))
+@router.delete(
+    "/{ref}",
+    status_code=204,
+    dependencies=[require_scope("admin")],
+    responses=error_responses(400, 404),
+)
 def delete_checkpoint(ref: str, checkpoints: CheckpointsDep) -> Response:
     """Delete the checkpoint; its blobs go once no other checkpoint references them."""
     checkpoints.delete(ref)

@@ -11,7 +11,7 @@ from app.services.checkpoints import CheckpointService
 from app.services.diffs import DiffService
 from app.services.text_generation import TextGeneration
 from app.services.verifications import VerificationService
-from app.storage.blobs import BlobStore
+from app.storage.base import BlobStorage
 
 
 def _settings(request: Request) -> Settings:
@@ -39,8 +39,8 @@ def _generation(request: Request) -> TextGeneration:
     return service
 
 
-def _store(request: Request) -> BlobStore:
-    store: BlobStore = request.app.state.store
+def _store(request: Request) -> BlobStorage:
+    store: BlobStorage = request.app.state.store
     return store
 
 
@@ -49,4 +49,4 @@ CheckpointsDep = Annotated[CheckpointService, Depends(_checkpoints)]
 DiffsDep = Annotated[DiffService, Depends(_diffs)]
 VerificationsDep = Annotated[VerificationService, Depends(_verifications)]
 GenerationDep = Annotated[TextGeneration, Depends(_generation)]
-StoreDep = Annotated[BlobStore, Depends(_store)]
+StoreDep = Annotated[BlobStorage, Depends(_store)]

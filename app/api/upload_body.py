@@ -6,19 +6,30 @@ parser, so the file part goes straight to the spool and never into Starlette's t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from app.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from app.errors import InvalidInput, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 from app.ingest.spool import SpooledUpload, UploadSpool
 
 MAX_FIELD_BYTES = 1 << 20
 MAX_FIELDS = 8
 ALLOWED_FIELDS = {"name", "config", "metadata", "filename"}
+
+
+@dataclass(frozen=True)
+class BodyPace:
+    """How slow a body may arrive: `stall_seconds` without a byte, or below `min_rate` bytes
+    per second on average once `stall_seconds` have passed, ends the upload with 408."""
+
+    stall_seconds: float = 60.0
+    min_rate: int = 1024
 
 
 @dataclass
@@ -37,7 +48,9 @@ class _Part:
 
 
 async def receive_upload(
-    request: Request, make_spool: Callable[[int | None], UploadSpool]
+    request: Request,
+    make_spool: Callable[[int | None], UploadSpool],
+    pace: BodyPace | None = None,
 ) -> ReceivedUpload:
     """Stream the body into a spool; `make_spool` gets the file's size when it is known."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
@@ -51,11 +64,12 @@ async def receive_upload(
     spool = make_spool(expected)
     fields: dict[str, str] = {}
     filename: str | None = None
+    chunks = _paced_body(request, pace or BodyPace())
     try:
         if multipart:
-            fields, filename = await _receive_multipart(request, options, spool)
+            fields, filename = await _receive_multipart(chunks, options, spool)
         else:
-            await _receive_raw(request, spool)
+            await _receive_raw(chunks, spool)
         _check_length(spool, expected)
         spooled = await spool.finish()
     except ClientDisconnect as exc:
@@ -86,13 +100,37 @@ def _content_length(request: Request) -> int | None:
     return int(raw)
 
 
-async def _receive_raw(request: Request, spool: UploadSpool) -> None:
-    async for chunk in request.stream():
+async def _paced_body(request: Request, pace: BodyPace) -> AsyncIterator[bytes]:
+    """The body's chunks; raises RequestTimeout for a stalled or too slow client."""
+    chunks = request.stream().__aiter__()
+    started, received = time.monotonic(), 0
+    while True:
+        try:
+            with anyio.fail_after(pace.stall_seconds):
+                chunk = await chunks.__anext__()
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise RequestTimeout(
+                f"no upload data arrived for {pace.stall_seconds:g} s; the request timed out"
+            ) from None
+        received += len(chunk)
+        elapsed = time.monotonic() - started
+        if elapsed > pace.stall_seconds and received < pace.min_rate * elapsed:
+            raise RequestTimeout(
+                f"the upload arrives at {received / elapsed:.0f} bytes/s, below the minimum of "
+                f"{pace.min_rate} bytes/s; the request timed out"
+            )
+        yield chunk
+
+
+async def _receive_raw(chunks: AsyncIterator[bytes], spool: UploadSpool) -> None:
+    async for chunk in chunks:
         await spool.write(chunk)
 
 
 async def _receive_multipart(
-    request: Request, options: dict[bytes, bytes], spool: UploadSpool
+    chunks: AsyncIterator[bytes], options: dict[bytes, bytes], spool: UploadSpool
 ) -> tuple[dict[str, str], str | None]:
     boundary = options.get(b"boundary")
     if not boundary:
@@ -100,7 +138,7 @@ async def _receive_multipart(
     collector = _MultipartCollector()
     parser = MultipartParser(boundary, collector.callbacks())
     file_chunks: list[bytes] = collector.file_chunks
-    async for chunk in request.stream():
+    async for chunk in chunks:
         try:
             parser.write(chunk)
         except Exception as exc:  # python-multipart raises its own error types

@@ -12,7 +12,7 @@ from app.services.verification_views import (
     VerificationRequest,
     VerificationView,
 )
-from app.verify.html import render_report_html
+from app.ui.templating import render_report_html
 
 router = APIRouter(tags=["verifications"])
 

@@ -61,7 +61,7 @@ class TGIRoute(_TranslatingRoute):
     """Errors as Text Generation Inference sends them: {"error", "error_type"}."""
 
     def render(self, exc: AppError, param: str | None) -> Response:
-        return JSONResponse(tgi_error_body(exc), status_code=exc.status)
+        return JSONResponse(tgi_error_body(exc), status_code=exc.status, headers=exc.headers)
 
 
 def openai_error_body(exc: AppError, param: str | None = None) -> dict[str, Any]:
@@ -81,4 +81,4 @@ class OpenAIRoute(_TranslatingRoute):
         body = openai_error_body(exc, param)
         if param is not None:
             body["error"]["code"] = None
-        return JSONResponse(body, status_code=status)
+        return JSONResponse(body, status_code=status, headers=exc.headers)

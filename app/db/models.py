@@ -52,6 +52,8 @@ class Checkpoint(Base):
     training: Mapped[dict[str, Any] | None]
     tokenizer: Mapped[dict[str, Any]]
     user_metadata: Mapped[dict[str, Any]]
+    # The API key (ApiKey.id) that uploaded it: what the per-key storage quota counts.
+    uploaded_by: Mapped[str | None] = mapped_column(String(32), index=True)
 
     files: Mapped[list[CheckpointFile]] = relationship(
         back_populates="checkpoint", cascade="all, delete-orphan", order_by="CheckpointFile.path"
@@ -142,3 +144,19 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class ApiKey(Base):
+    """An API key: only an HMAC of the secret is kept (app.auth.keys)."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (Index("uq_api_keys_key_hash", "key_hash", unique=True),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    scope: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64))
+    quota_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

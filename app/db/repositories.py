@@ -12,6 +12,9 @@ from app.db.models import Alias, Checkpoint, CheckpointFile, TensorRow, Verifica
 from app.db.refs import LATEST, Ref, parse_ref
 from app.errors import NotFound
 
+# First key of the PostgreSQL advisory locks that serialise writes to one name (any constant).
+_NAME_LOCK_CLASS = 0x636B7074
+
 
 class CheckpointRepository:
     def __init__(self, session: Session) -> None:
@@ -56,6 +59,8 @@ class CheckpointRepository:
         return self.session.scalars(query).first()
 
     def next_version(self, name: str) -> int:
+        """The version a new upload of `name` gets; the name stays locked until commit."""
+        self.lock_name(name)
         current = self.session.scalar(
             select(func.max(Checkpoint.version)).where(Checkpoint.name == name)
         )
@@ -96,6 +101,7 @@ class CheckpointRepository:
         return self.session.scalars(query.order_by(TensorRow.file, TensorRow.name)).all()
 
     def set_alias(self, name: str, alias: str, checkpoint_id: str) -> None:
+        self.lock_name(name)
         row = self.session.get(Alias, (name, alias))
         if row is None:
             self.session.add(Alias(name=name, alias=alias, checkpoint_id=checkpoint_id))
@@ -105,6 +111,17 @@ class CheckpointRepository:
     def remove_alias(self, name: str, alias: str) -> bool:
         result = self.session.execute(delete(Alias).where(Alias.name == name, Alias.alias == alias))
         return bool(getattr(result, "rowcount", 0))
+
+    def lock_name(self, name: str) -> None:
+        """Serialise the writers of one name's versions and aliases until the transaction ends.
+
+        Two API processes on PostgreSQL would otherwise both read version N and both insert
+        N + 1, or both insert the same new alias. SQLite needs nothing: BEGIN IMMEDIATE already
+        serialises every write transaction.
+        """
+        if self.session.get_bind().dialect.name == "postgresql":
+            key = func.hashtext(name)
+            self.session.execute(select(func.pg_advisory_xact_lock(_NAME_LOCK_CLASS, key)))
 
     def referenced_digests(self) -> set[str]:
         files = self.session.scalars(select(CheckpointFile.sha256).distinct())

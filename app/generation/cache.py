@@ -21,7 +21,7 @@ import torch
 from app.errors import AppError
 from app.generation.errors import GenerationFailed, ModelUnavailable
 from app.services.views import CheckpointView, TensorView
-from app.storage.blobs import BlobStore
+from app.storage.base import BlobStorage
 from app.worker.loading import StoredCheckpoint, materialize
 
 
@@ -70,7 +70,7 @@ def load_model_folder(folder: Path, device: torch.device) -> LoadedModel:
 
 def stored_checkpoint_loader(
     describe: Callable[[str], tuple[CheckpointView, list[TensorView]]],
-    store: BlobStore,
+    store: BlobStorage,
     cache_dir: Path,
     device: torch.device,
 ) -> Loader:
@@ -103,6 +103,8 @@ class ModelCache:
         self.loader = loader
         self.budget_bytes = budget_bytes
         self.loads: Counter[str] = Counter()  # loads started, per id (tests assert single-flight)
+        self.hits = 0  # get() found the model resident (metrics)
+        self.misses = 0  # get() had to load it or wait for a load in flight
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._inflight: dict[str, Future[LoadedModel]] = {}
         self._lock = threading.Lock()
@@ -113,8 +115,10 @@ class ModelCache:
         with self._lock:
             loaded = self._models.get(checkpoint_id)
             if loaded is not None:
+                self.hits += 1
                 self._models.move_to_end(checkpoint_id)
                 return loaded
+            self.misses += 1
             future = self._inflight.get(checkpoint_id)
             if future is None:
                 future = self._executor.submit(self._load, checkpoint_id)

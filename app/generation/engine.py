@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -49,6 +49,10 @@ class EngineStats:
     decoded_rows: int
     exact_steps: int
     prefills: int
+    generated_tokens: int
+
+
+FinishListener = Callable[[FinishEvent], None]
 
 
 class _QueueSlot:
@@ -69,9 +73,12 @@ class GenerationStream(AsyncIterator[GenerationEvent]):
     """The events of one request. Closing it (or cancelling the task awaiting it) cancels the
     request: the scheduler drops it before its next step."""
 
-    def __init__(self, request: Request, scheduler: Scheduler) -> None:
+    def __init__(
+        self, request: Request, scheduler: Scheduler, finish_listeners: list[FinishListener]
+    ) -> None:
         self._request = request
         self._scheduler = scheduler
+        self._finish_listeners = finish_listeners
         self._done = False
         self._peeked: GenerationEvent | BaseException | None = None
 
@@ -97,6 +104,8 @@ class GenerationStream(AsyncIterator[GenerationEvent]):
             raise item
         if isinstance(item, FinishEvent):
             self._done = True
+            for listener in self._finish_listeners:
+                listener(item)
         return item
 
     def finish_after(self) -> FinishEvent | None:
@@ -168,6 +177,8 @@ class GenerationEngine:
         self.max_top_n_tokens = max_top_n_tokens
         self._lock = threading.Lock()
         self._waiting = 0
+        # Called on the event loop with each finish a client reads (metrics observe timings).
+        self.finish_listeners: list[FinishListener] = []
         if product_threads is None:
             product_threads = default_product_threads(self.device)
         self._scheduler = Scheduler(
@@ -209,7 +220,7 @@ class GenerationEngine:
         except BaseException:
             slot.release()
             raise
-        return GenerationStream(request, self._scheduler)
+        return GenerationStream(request, self._scheduler, self.finish_listeners)
 
     async def generate(
         self, checkpoint_id: str, input_ids: list[int], params: GenerationParams
@@ -232,6 +243,7 @@ class GenerationEngine:
             decoded_rows=counters.decoded_rows,
             exact_steps=counters.exact_steps,
             prefills=counters.prefills,
+            generated_tokens=counters.generated_tokens,
         )
 
     def close(self, timeout: float | None = 10.0) -> None:

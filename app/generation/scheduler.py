@@ -38,6 +38,7 @@ class SchedulerCounters:
     decoded_rows: int = 0  # sequence-steps inside them (a step of 3 sequences counts 3)
     exact_steps: int = 0  # steps of more than one row whose products were computed row by row
     prefills: int = 0
+    generated_tokens: int = 0
 
 
 class Scheduler:
@@ -142,6 +143,7 @@ class Scheduler:
             self.counters.prefills += 1
             request.first_token = time.perf_counter()
             sequence.advance(last)
+            self.counters.generated_tokens += 1
         except AppError as exc:
             request.emit(exc)
             return
@@ -189,6 +191,7 @@ class Scheduler:
     def _advance(self, sequence: Sequence, logits: torch.Tensor) -> None:
         try:
             sequence.advance(logits)
+            self.counters.generated_tokens += 1
         except Exception as exc:
             logger.exception("choosing a token failed")
             sequence.finished = True

@@ -23,7 +23,11 @@ from app.ingest.safetensors_format import (
 )
 from app.ingest.spool import SpooledUpload, looks_like_safetensors, looks_like_zip
 from app.ingest.tokenizer_files import describe_tokenizer
-from app.ingest.torch_pickle import convert_torch_checkpoint
+from app.ingest.torch_pickle import (
+    convert_torch_checkpoint,
+    legacy_pickle_error,
+    looks_like_pickle,
+)
 from app.ingest.types import CheckpointFormat, FileRecord, IngestLimits, TensorRecord
 
 SHARD_INDEX = "model.safetensors.index.json"
@@ -59,11 +63,18 @@ def inspect_upload(
         inspection = _inspect_safetensors(spooled, limits)
     elif looks_like_zip(spooled.head):
         inspection = _inspect_zip(spooled, workdir, limits)
+    elif looks_like_pickle(spooled.head):
+        raise legacy_pickle_error(spooled.head)
     else:
         raise RejectedCheckpoint(
             "unrecognised file: expected a zip of a model folder, a .safetensors file or a "
             "torch.save file (zip format)",
             code="unknown_format",
+        )
+    if not inspection.tensors:
+        raise RejectedCheckpoint(
+            "the upload holds no tensors: a checkpoint needs at least one weight",
+            code="no_weights",
         )
     _settle_config(inspection, config, workdir)
     return inspection

@@ -89,12 +89,19 @@ def check_weights_match(
     }
     for name, shape in (("wte.weight", wte), ("wpe.weight", wpe)):
         want = expected[name]
-        if shape is not None and None not in want and tuple(shape) != want:
+        if shape is not None and not _shape_agrees(tuple(shape), want):
             raise RejectedCheckpoint(
                 f"weights do not match config: {name} has shape {list(shape)}, config says "
                 f"{list(want)}",
                 code="config_weights_mismatch",
             )
+
+
+def _shape_agrees(shape: tuple[int, ...], want: tuple[int | None, int | None]) -> bool:
+    """Dimensions the config leaves unset (None) agree with anything."""
+    if len(shape) != len(want):
+        return False
+    return all(w is None or w == got for got, w in zip(shape, want, strict=True))
 
 
 def infer_gpt2_config(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any] | None:

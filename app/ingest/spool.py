@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from app.errors import InsufficientStorage, PayloadTooLarge
+from app import faults
+from app.errors import PayloadTooLarge
 from app.ingest.safetensors_format import SafetensorsHeader, SafetensorsStreamHasher
 from app.ingest.types import IngestLimits
+from app.storage.blobs import out_of_space_is_507
 
 BUFFER_BYTES = 4 << 20
 HEAD_BYTES = 64
@@ -87,7 +89,8 @@ class UploadSpool:
     async def finish(self) -> SpooledUpload:
         await self._flush()
         await self._drain(0)
-        self._close()
+        with out_of_space_is_507("while receiving the upload"):
+            self._close()  # flushes what the file object still buffers
         tensor_hashes = self._tensors.finish() if self._tensors else None
         return SpooledUpload(
             self.path, self._size, self._sha.hexdigest(), self._head, tensor_hashes
@@ -121,12 +124,9 @@ class UploadSpool:
             self._tensors = SafetensorsStreamHasher(self.expected_size, self.limits)
 
     def _write_buffer(self, buffer: bytes) -> None:
-        try:
+        with out_of_space_is_507("while receiving the upload"):
+            faults.before_write("spool", self._file, buffer)
             self._file.write(buffer)
-        except OSError as exc:
-            if exc.errno in (28, 122):  # ENOSPC, EDQUOT
-                raise InsufficientStorage("the server ran out of disk space") from exc
-            raise
         if self._tensors is not None:
             self._tensors.update(buffer)
 

@@ -26,7 +26,12 @@ def describe_tokenizer(folder: Path) -> dict[str, Any]:
         size += _added_outside_vocab(model.get("vocab"), document.get("added_tokens"))
         return {"present": True, "kind": f"tokenizers:{model['type']}", "vocab_size": size}
     if vocab.is_file() and merges.is_file():
-        size = _vocab_size(_load_json(vocab), "vocab.json")
+        document = _load_json(vocab)
+        if not isinstance(document, dict):
+            raise RejectedCheckpoint(
+                "vocab.json must map tokens to ids (a JSON object)", code=TOKENIZER_CODE
+            )
+        size = _vocab_size(document, "vocab.json")
         _check_merges(merges)
         return {"present": True, "kind": "bpe:vocab+merges", "vocab_size": size}
     return {"present": False, "kind": None, "vocab_size": None}

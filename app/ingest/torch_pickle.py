@@ -164,7 +164,7 @@ def check_torch_archive(src: Path, limits: IngestLimits) -> None:
     with src.open("rb") as stream:
         head = stream.read(len(_LEGACY_TORCH_MAGIC))
     if head.startswith(b"\x80"):
-        raise _legacy_pickle_error(head)
+        raise legacy_pickle_error(head)
     if not head.startswith(_ZIP_LOCAL_HEADER):
         raise RejectedCheckpoint(
             "This file is not a torch.save archive: torch's format is a zip file starting with "
@@ -185,7 +185,12 @@ def check_torch_archive(src: Path, limits: IngestLimits) -> None:
     scan_pickle_globals(data_pkl)
 
 
-def _legacy_pickle_error(head: bytes) -> RejectedCheckpoint:
+def looks_like_pickle(head: bytes) -> bool:
+    """Protocol 2+ pickles (every torch.save before the zip format) start with PROTO."""
+    return len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
+def legacy_pickle_error(head: bytes) -> RejectedCheckpoint:
     if head.startswith(_LEGACY_TORCH_MAGIC):
         what = "torch's legacy serialization (_use_new_zipfile_serialization=False, torch < 1.6)"
     else:

@@ -18,6 +18,8 @@ from app.db.engine import Database
 from app.db.models import Job, utcnow
 
 QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
+# A job that does nothing: the queue's own tests and bench/scale.py measure claiming with it.
+NOOP_JOB = "noop"
 DEFAULT_MAX_ATTEMPTS = 3
 
 
@@ -114,6 +116,11 @@ class JobQueue:
         row.error = error
         row.finished_at = utcnow()
         row.leased_until = None
+
+    def complete(self, job: ClaimedJob) -> None:
+        """Mark a job that has no results of its own (a `noop`) as succeeded."""
+        with self.db.transaction() as session:
+            self.finish(session, job)
 
     def release(self, job: ClaimedJob) -> None:
         """Give an unfinished job back without counting the attempt (clean shutdown)."""

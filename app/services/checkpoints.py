@@ -11,6 +11,8 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
+from app import faults
+from app.auth.quota import enforce_quota
 from app.db.engine import Database
 from app.db.models import Checkpoint, CheckpointFile, TensorRow
 from app.db.refs import LATEST, check_alias, check_name
@@ -22,7 +24,7 @@ from app.ingest.summary import parameter_stats, weights_digest
 from app.ingest.types import IngestLimits, TensorRecord
 from app.services.verifications import default_request, schedule_verification
 from app.services.views import CheckpointPage, CheckpointView, TensorList, TensorView
-from app.storage.blobs import BlobStore
+from app.storage.base import BlobStorage
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +41,15 @@ class UploadRequest:
     filename: str | None
     config: dict[str, Any] | None
     metadata: dict[str, Any]
+    uploaded_by: str | None = None  # the API key's id
+    quota_bytes: int | None = None  # that key's storage quota (None: unlimited)
 
 
 @dataclass(frozen=True)
 class StoredBlob:
     """A blob to stream back to a client."""
 
-    path: Path
+    path: Path | None  # a local file to send as is, else the bytes stream from the store
     size: int
     sha256: str
     filename: str
@@ -53,7 +57,7 @@ class StoredBlob:
 
 class CheckpointService:
     def __init__(
-        self, db: Database, store: BlobStore, limits: IngestLimits, *, job_max_attempts: int
+        self, db: Database, store: BlobStorage, limits: IngestLimits, *, job_max_attempts: int
     ) -> None:
         self.db = db
         self.store = store
@@ -84,10 +88,14 @@ class CheckpointService:
             return _views(repo, [row])[0] if row else None
 
     def _store(self, request: UploadRequest, inspection: Inspection) -> tuple[CheckpointView, bool]:
+        added: set[str] = set()
         with self.store.reference_lock:
-            added = self._put_blobs(request.spooled, inspection)
             try:
-                return self._insert(request, inspection), True
+                self._put_blobs(request.spooled, inspection, added)
+                faults.stop_here("after_blobs", self.store.root)
+                view = self._insert(request, inspection)
+                faults.stop_here("after_commit", self.store.root)
+                return view, True
             except IntegrityError:
                 # A concurrent upload of the same bytes under the same name won the race.
                 existing = self._same_upload(request.name, request.spooled.sha256)
@@ -97,14 +105,19 @@ class CheckpointService:
             finally:
                 self._drop_unreferenced(added)
 
-    def _put_blobs(self, spooled: SpooledUpload, inspection: Inspection) -> set[str]:
+    def _put_blobs(self, spooled: SpooledUpload, inspection: Inspection, added: set[str]) -> None:
+        """Store every blob, collecting the new ones in `added` as they go: when a later one
+        fails (a full disk), the caller still knows which to take back."""
         pending = {spooled.sha256: spooled.path}
         for record in inspection.files:
             pending.setdefault(record.sha256, inspection.sources[record.path])
-        return {sha for sha, path in pending.items() if self.store.put(path, sha)}
+        for sha, path in pending.items():
+            if self.store.put(path, sha):
+                added.add(sha)
 
     def _insert(self, request: UploadRequest, inspection: Inspection) -> CheckpointView:
         with self.db.transaction() as session:
+            enforce_quota(session, request.uploaded_by, request.quota_bytes, request.spooled.size)
             repo = CheckpointRepository(session)
             row = _checkpoint_row(request, inspection, version=repo.next_version(request.name))
             session.add(row)
@@ -167,7 +180,8 @@ class CheckpointService:
         return self._blob(match.sha256, Path(path).name)
 
     def _blob(self, sha256: str, filename: str) -> StoredBlob:
-        return StoredBlob(self.store.path(sha256), self.store.size(sha256), sha256, filename)
+        size = self.store.size(sha256)
+        return StoredBlob(self.store.served_path(sha256), size, sha256, filename)
 
     # -- aliases and deletion -------------------------------------------------------------------
 
@@ -272,6 +286,7 @@ def _checkpoint_row(request: UploadRequest, inspection: Inspection, *, version: 
         format=inspection.format,
         filename=request.filename,
         size_bytes=request.spooled.size,
+        uploaded_by=request.uploaded_by,
         uncompressed_bytes=inspection.uncompressed_bytes,
         sha256=request.spooled.sha256,
         weights_digest=weights_digest(inspection.tensors),

@@ -19,7 +19,13 @@ from app.api.openai_schemas import (
     Usage,
 )
 from app.errors import NotFound
-from app.generation import FinishEvent, GenerationParams, GenerationResult, TokenEvent
+from app.generation import (
+    FinishEvent,
+    GenerationParams,
+    GenerationResult,
+    TokenEvent,
+    ValidationFailed,
+)
 from app.services.text_generation import Prepared, TextGeneration
 
 
@@ -87,6 +93,12 @@ class Completions:
 
     async def _prepare(self, request: CompletionRequest) -> list[_Choice]:
         prompts = _prompts(request.prompt)
+        most = self.generation.limits.max_queue + self.generation.limits.max_batch
+        if len(prompts) * request.n > most:
+            raise ValidationFailed(
+                f"a request may ask for at most {most} completions (prompts x n). "
+                f"Given: {len(prompts)} x {request.n}"
+            )
         choices = []
         for prompt_index, prompt in enumerate(prompts):
             for sample in range(request.n):

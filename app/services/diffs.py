@@ -18,7 +18,7 @@ from safetensors import safe_open
 from app.db.engine import Database
 from app.db.repositories import CheckpointRepository
 from app.services.views import TensorView
-from app.storage.blobs import BlobStore
+from app.storage.base import BlobStorage
 
 _BLOCK_ELEMENTS = 1 << 20
 
@@ -44,7 +44,7 @@ class CheckpointDiff(BaseModel):
 
 
 class DiffService:
-    def __init__(self, db: Database, store: BlobStore) -> None:
+    def __init__(self, db: Database, store: BlobStorage) -> None:
         self.db = db
         self.store = store
 
@@ -89,11 +89,11 @@ class _Opener:
     counted in the process's memory while the rest of the diff runs.
     """
 
-    def __init__(self, store: BlobStore, side: _Side) -> None:
+    def __init__(self, store: BlobStorage, side: _Side) -> None:
         self.store, self.side = store, side
 
     def path(self, view: TensorView) -> str:
-        return str(self.store.path(self.side.files[view.file]))
+        return str(self.store.local_path(self.side.files[view.file]))
 
 
 def _compare(

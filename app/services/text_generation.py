@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
@@ -32,6 +32,8 @@ class GenerationLimits:
     max_batch: int
     max_stop_sequences: int
     max_top_n_tokens: int
+    max_new_tokens: int = 1024
+    max_input_chars: int = 256 << 10
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,7 @@ class TextGeneration:
         model = await anyio.to_thread.run_sync(self.catalog.resolve, ref)
         if isinstance(prompt, str) and not prompt:
             raise ValidationFailed("`inputs` cannot be empty")
+        self._check_caps(prompt, params)
         params.validate_sampling(max_stop_sequences=self.limits.max_stop_sequences)
         loaded = await self.engine.model(model.id)
         ids = list(loaded.tokenizer(prompt)["input_ids"]) if isinstance(prompt, str) else prompt
@@ -133,8 +136,25 @@ class TextGeneration:
                     f"{loaded.context_length}. Given: {truncate}"
                 )
             ids = ids[-truncate:]
+        cap = self.limits.max_new_tokens
+        if params.max_new_tokens is None and loaded.context_length - len(ids) > cap:
+            params = replace(params, max_new_tokens=cap)  # "what the context allows", capped
         self.engine.validate(loaded, ids, params)
         return Prepared(model, loaded, ids, params, received, time.monotonic() - received)
+
+    def _check_caps(self, prompt: str | list[int], params: GenerationParams) -> None:
+        """The server's own caps (CKPT_MAX_NEW_TOKENS, CKPT_MAX_INPUT_CHARS), checked before
+        anything is tokenized or loaded."""
+        if isinstance(prompt, str) and len(prompt) > self.limits.max_input_chars:
+            raise ValidationFailed(
+                f"`inputs` must have at most {self.limits.max_input_chars} characters. "
+                f"Given: {len(prompt)}"
+            )
+        cap = self.limits.max_new_tokens
+        if params.max_new_tokens is not None and params.max_new_tokens > cap:
+            raise ValidationFailed(
+                f"`max_new_tokens` must be <= {cap}. Given: {params.max_new_tokens}"
+            )
 
     async def run(self, prepared: Prepared) -> Completed:
         result = await self.engine.generate(prepared.model.id, prepared.input_ids, prepared.params)

@@ -194,6 +194,9 @@ def _compare_prompt(
         "index": index,
         "prompt_tokens": len(reference.inputs[index]),
         **logit_metrics(subject.logits[index], reference.outputs.logits[index]),
+        "max_abs_logit_diff_by_position": by_position(
+            subject.logits[index], reference.outputs.logits[index]
+        ),
         "greedy_match": divergence is None,
         "first_divergent_step": divergence,
         "subject_continuation": mine,
@@ -231,6 +234,14 @@ def logit_metrics(subject: torch.Tensor, reference: torch.Tensor) -> dict[str, f
         "kl_divergence": _clamp_non_negative(_finite(kl_per_position.mean())),
         "top1_agreement": _finite(top1),
     }
+
+
+def by_position(subject: torch.Tensor, reference: torch.Tensor) -> list[float | None]:
+    """max |Δlogit| at each prompt position (where along the prompt two models drift apart)."""
+    if subject.shape != reference.shape:
+        return []
+    difference = (subject.double() - reference.double()).abs().amax(dim=-1)
+    return [_finite(value) for value in difference]
 
 
 def first_divergence(subject: list[int], reference: list[int]) -> int | None:

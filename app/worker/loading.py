@@ -14,24 +14,29 @@ import torch
 from safetensors.torch import load_file
 
 from app.services.views import CheckpointView, TensorView
-from app.storage.blobs import BlobStore
+from app.storage.base import BlobStorage
 from app.verify.base import LoadedCheckpoint
 
 KNOWN_MODEL_TYPES = {"gpt2"}
 
 
-def materialize(view: CheckpointView, store: BlobStore, root: Path) -> Path:
-    """A folder whose files are symlinks to the checkpoint's blobs (built once, atomically)."""
+def materialize(view: CheckpointView, store: BlobStorage, root: Path) -> Path:
+    """A folder whose files are symlinks to the checkpoint's blobs (built once, atomically).
+
+    The blobs are asked for every time: a remote store's cache may have evicted a file since
+    the folder was built, and fetching it again puts it back where the link points.
+    """
+    targets = {file.path: store.local_path(file.sha256) for file in view.files}
     folder = root / view.id
     if folder.is_dir():
         return folder
     staging = root / f".{view.id}.{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    for file in view.files:
-        link = staging / file.path
+    for path, target in targets.items():
+        link = staging / path
         link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(store.path(file.sha256))
+        link.symlink_to(target)
     try:
         staging.rename(folder)
     except OSError:  # another process materialized it first

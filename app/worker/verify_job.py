@@ -18,7 +18,7 @@ from app.db.repositories import CheckpointRepository
 from app.jobs.queue import ClaimedJob, JobQueue
 from app.services.checkpoints import VERIFIED
 from app.services.views import CheckpointView, TensorView
-from app.storage.blobs import BlobStore
+from app.storage.base import BlobStorage
 from app.verify.base import CHECK_NAMES, CheckContext, Tolerance, VerifyOptions
 from app.verify.reference_outputs import parse_reference_outputs
 from app.verify.runner import check_inputs_fit, choose_inputs, overall_status, run_checks
@@ -29,7 +29,7 @@ from app.worker.loading import StoredCheckpoint, materialize
 @dataclass
 class VerifyJobRunner:
     db: Database
-    store: BlobStore
+    store: BlobStorage
     queue: JobQueue
     device: torch.device
     cache_dir: Path
@@ -92,7 +92,7 @@ class VerifyJobRunner:
             inputs=inputs,
             reference=reference,
             reference_outputs=plan.outputs,
-            blob_path=self.store.path,
+            blob_path=self.store.local_path,
         )
         results = run_checks(ctx)
         return {

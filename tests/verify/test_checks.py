@@ -24,9 +24,9 @@ from app.errors import InvalidInput
 from app.ingest.torch_pickle import OPTIMIZER_FILE, convert_torch_checkpoint
 from app.ingest.types import IngestLimits
 from app.services.views import CheckpointView
+from app.ui.templating import render_report_html
 from app.verify import equivalence, resumability, stability, weights
 from app.verify.base import CheckContext, CheckResult, LoadedCheckpoint, Tolerance, VerifyOptions
-from app.verify.html import render_report_html
 from app.verify.reference_outputs import (
     default_prompts,
     default_token_ids,
@@ -276,6 +276,10 @@ def test_ones_embedding_breaks_equivalence(models: Models) -> None:
     assert result.metrics["max_abs_logit_diff"] > 0
     assert result.metrics["top1_agreement"] < 1.0
     assert result.metrics["greedy_match"] is False
+    for prompt, tokens in zip(result.metrics["per_prompt"], models.inputs, strict=True):
+        per_position = prompt["max_abs_logit_diff_by_position"]
+        assert len(per_position) == len(tokens)
+        assert max(per_position) == prompt["max_abs_logit_diff"] > 0
     step = result.metrics["first_divergent_step"]
     assert isinstance(step, int) and 0 <= step < MAX_NEW_TOKENS
     assert f"diverges at step {step}" in result.detail
