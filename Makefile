@@ -27,11 +27,16 @@ serve: $(STAMP)
 # database on CKPT_TEST_POSTGRES_URL's server. No PostgreSQL there: that pass reports SKIPPED.
 test: test-sqlite test-postgres
 
+# Three pytest processes: most of the suite's time is spent waiting on real servers, workers
+# and subprocesses to start, not on the two cores. loadscope keeps each module (and its
+# module-scoped server) on one process.
+PYTEST := $(BIN)/pytest -n 3 --dist loadscope
+
 test-sqlite: $(STAMP)
-	$(BIN)/pytest
+	$(PYTEST)
 
 test-postgres: $(STAMP)
-	CKPT_TEST_DATABASE=postgresql $(BIN)/pytest -m "database and not sqlite_only"
+	CKPT_TEST_DATABASE=postgresql $(PYTEST) -m "database and not sqlite_only"
 
 lint: $(STAMP)
 	$(BIN)/ruff check app tests bench migrations

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from dataclasses import replace
@@ -20,6 +19,7 @@ from app.api.upload_body import BodyPace, ReceivedUpload, receive_upload
 from app.auth.deps import UploadQuotaDep, require_scope
 from app.errors import InvalidInput, PayloadTooLarge
 from app.ingest.inspect import parse_config_text
+from app.ingest.jsonutil import strict_json
 from app.ingest.spool import UploadSpool
 from app.services.checkpoints import UploadRequest
 from app.services.diffs import CheckpointDiff
@@ -128,10 +128,16 @@ def _upload_request(
     return UploadRequest(
         spooled=received.spooled,
         name=fields.get("name") or name or _name_from_filename(filename),
-        filename=PurePosixPath(filename.replace("\\", "/")).name[:255] if filename else None,
+        filename=_stored_filename(filename) if filename else None,
         config=parse_config_text(config_text) if config_text else None,
         metadata=_parse_metadata(metadata_text) if metadata_text else {},
     )
+
+
+def _stored_filename(filename: str) -> str:
+    if any(ord(char) < 32 or ord(char) == 127 for char in filename):
+        raise InvalidInput("the file name contains control characters", code="invalid_filename")
+    return PurePosixPath(filename.replace("\\", "/")).name[:255]
 
 
 def _name_from_filename(filename: str | None) -> str:
@@ -150,8 +156,8 @@ def _name_from_filename(filename: str | None) -> str:
 
 def _parse_metadata(text: str) -> dict[str, Any]:
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
+        value = strict_json(text)
+    except (ValueError, RecursionError) as exc:
         raise InvalidInput(f"metadata is not valid JSON: {exc}", code="invalid_metadata") from exc
     if not isinstance(value, dict):
         raise InvalidInput("metadata must be a JSON object", code="invalid_metadata")

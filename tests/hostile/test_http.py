@@ -66,6 +66,19 @@ MULTIPART_CASES: dict[str, tuple[bytes, str, int, str]] = {
         400,
         "bad_multipart",
     ),
+    # NaN is not JSON: SQLite would store it, PostgreSQL's json type refuses it (was a 500).
+    "NaN in metadata": (
+        multipart(part("metadata", b'{"loss": NaN}'), FILE),
+        MULTIPART,
+        400,
+        "invalid_metadata",
+    ),
+    "control character in the file name": (
+        multipart(part("file", b"PK\x03\x04 not really a zip", "a\x01b.zip")),
+        MULTIPART,
+        400,
+        "invalid_filename",
+    ),
     "no boundary parameter": (multipart(FILE), "multipart/form-data", 400, "bad_multipart"),
     "other boundary in body": (
         multipart(FILE).replace(BOUNDARY.encode(), b"somethingelse"),
