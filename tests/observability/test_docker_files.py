@@ -124,14 +124,42 @@ def test_the_cpu_override_removes_the_gpu_reservation() -> None:
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
-def test_docker_compose_accepts_the_file() -> None:
+@pytest.mark.parametrize("name", ["docker-compose.yml", "docker-compose.scale.yml"])
+def test_docker_compose_accepts_the_file(name: str) -> None:
     """docker-compose v1 (Debian's package) knows every key used here; the override's `!reset`
     needs Compose v2.24+, checked by the tests above instead."""
     result = subprocess.run(
-        ["docker-compose", "-f", "docker-compose.yml", "config", "--quiet"],
+        ["docker-compose", "-f", name, "config", "--quiet"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_scale_profile_runs_postgres_s3_two_replicas_behind_a_proxy_and_two_workers() -> None:
+    services = compose("docker-compose.scale.yml")["services"]
+    assert all(service["profiles"] == ["scale"] for service in services.values())
+    replicas = [name for name, s in services.items() if s.get("command") == ["ckpt", "serve"]]
+    workers = [name for name, s in services.items() if s.get("command") == ["ckpt", "worker"]]
+    assert len(replicas) == 2 and len(workers) == 2
+    for name in [*replicas, *workers]:
+        env = services[name]["environment"]
+        assert env["CKPT_DATABASE_URL"].startswith("postgresql+psycopg://")
+        assert env["CKPT_STORAGE_URL"].startswith("s3://")
+        assert env["AWS_ENDPOINT_URL_S3"] == "http://s3:9000"
+        assert services[name]["depends_on"]["migrate"]["condition"] == (
+            "service_completed_successfully"
+        )
+    migrate = services["migrate"]["depends_on"]
+    assert migrate["db"] == {"condition": "service_healthy"}
+    assert migrate["bucket"] == {"condition": "service_completed_successfully"}
+    gpu_replicas = [name for name in replicas if "deploy" in services[name]]
+    assert gpu_replicas == ["api-gpu"]
+    nginx = (ROOT / "deploy" / "nginx.conf").read_text()
+    for replica in replicas:
+        assert f"server {replica}:8000;" in nginx
+    generation = nginx.split("upstream generation {")[1].split("}")[0]
+    assert generation.split() == ["server", "api-gpu:8000;"]
+    assert "proxy_request_buffering off;" in nginx and "proxy_buffering off;" in nginx
