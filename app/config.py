@@ -21,9 +21,10 @@ class Settings(BaseSettings):
     # credentials from the AWS_* variables); files read from S3 are cached locally, LRU-bounded.
     storage_url: str | None = None
     blob_cache_bytes: int = 20 << 30
-    # An unreferenced object younger than this survives the startup sweep (S3 only: another
-    # replica may have stored it for an upload it has not committed yet).
-    orphan_grace_seconds: float = 3600.0
+    # Unreferenced blobs and temp files younger than this survive the startup sweep: another
+    # process sharing the storage may be in the middle of an upload. None: 3600 with s3://,
+    # 0 on a local data dir (set it when several API processes share one).
+    orphan_grace_seconds: float | None = None
     max_upload_bytes: int = 20 << 30
     max_uncompressed_bytes: int = 64 << 30
     max_zip_entries: int = 10_000

@@ -12,6 +12,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,9 +27,14 @@ def check_digest(sha256: str) -> str:
 
 
 class BlobStorage(ABC):
-    def __init__(self, root: Path) -> None:
+    """`orphan_grace_seconds`: unreferenced blobs and temp files younger than this survive the
+    startup sweep, because with several API processes sharing the storage they may belong to an
+    upload another process has not committed yet (0: one process owns the storage)."""
+
+    def __init__(self, root: Path, *, orphan_grace_seconds: float = 0.0) -> None:
         self.root = root
         self.tmp_dir = root / "tmp"
+        self.orphan_grace_seconds = orphan_grace_seconds
         # Held while a change makes blobs referenced or unreferenced (store + commit, or delete +
         # collect), so garbage collection never removes a blob a concurrent upload is adopting.
         self.reference_lock = threading.RLock()
@@ -88,9 +94,12 @@ class BlobStorage(ABC):
             shutil.rmtree(path, ignore_errors=True)
 
     def clear_tmp(self) -> int:
-        """Remove leftovers of interrupted uploads; only safe at startup."""
+        """Remove leftovers of interrupted uploads (older than the grace period); at startup."""
         removed = 0
+        cutoff = time.time() - self.orphan_grace_seconds
         for entry in self.tmp_dir.iterdir():
+            if self.orphan_grace_seconds and _last_written(entry) >= cutoff:
+                continue  # maybe another process's upload in flight
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:
@@ -103,9 +112,19 @@ class BlobStorage(ABC):
         return self.iter_digests()
 
     def collect_garbage(self, referenced: set[str]) -> list[str]:
+        """Delete the unreferenced blobs among the sweepable ones (under the reference lock)."""
         with self.reference_lock:
             candidates = self.sweepable_digests()
             orphans = [digest for digest in candidates if digest not in referenced]
             for digest in orphans:
                 self.delete(digest)
         return orphans
+
+
+def _last_written(entry: Path) -> float:
+    """The newest modification time of a temp file, or of a temp directory and what it holds."""
+    newest = entry.lstat().st_mtime
+    if entry.is_dir() and not entry.is_symlink():
+        for path in entry.rglob("*"):
+            newest = max(newest, path.lstat().st_mtime)
+    return newest

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,8 +35,8 @@ def out_of_space_is_507(doing: str) -> Iterator[None]:
 class BlobStore(BlobStorage):
     """Blobs on the local disk under `root/blobs`; temp files under `root/tmp`."""
 
-    def __init__(self, root: Path) -> None:
-        super().__init__(root)
+    def __init__(self, root: Path, *, orphan_grace_seconds: float = 0.0) -> None:
+        super().__init__(root, orphan_grace_seconds=orphan_grace_seconds)
         self.blob_dir = root / "blobs"
 
     def prepare(self) -> None:
@@ -44,6 +45,20 @@ class BlobStore(BlobStorage):
 
     def local_path(self, sha256: str) -> Path:
         return self.blob_dir / check_digest(sha256)[:2] / sha256
+
+    def sweepable_digests(self) -> Iterator[str]:
+        """Blobs older than the grace period (`put` refreshes a blob's time when an upload adopts
+        it, so a blob another process is about to commit is never among them)."""
+        if not self.orphan_grace_seconds:
+            return self.iter_digests()
+        cutoff = time.time() - self.orphan_grace_seconds
+        return (d for d in self.iter_digests() if self._mtime(d) < cutoff)
+
+    def _mtime(self, sha256: str) -> float:
+        try:
+            return self.local_path(sha256).stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
 
     def served_path(self, sha256: str) -> Path | None:
         return self.local_path(sha256)

@@ -75,11 +75,10 @@ class S3BlobStore(BlobStorage):
         part_bytes: int = PART_BYTES,
         orphan_grace_seconds: float = ORPHAN_GRACE_SECONDS,
     ) -> None:
-        super().__init__(root)
+        super().__init__(root, orphan_grace_seconds=orphan_grace_seconds)
         self.bucket, self.prefix = parse_s3_url(url)
         self.cache = cache
         self.part_bytes = part_bytes
-        self.orphan_grace_seconds = orphan_grace_seconds
         self.client = s3_client()
 
     def key(self, sha256: str) -> str:
