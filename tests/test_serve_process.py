@@ -16,7 +16,7 @@ import pytest
 
 from tests.api.test_upload import upload_raw
 from tests.conftest import TinyModel
-from tests.live_server import free_port
+from tests.live_server import free_port, wait_until_healthy
 from tests.worker_process import ROOT, checks_by_name, wait_for_report
 
 
@@ -35,15 +35,7 @@ def serve(
     subprocess.run([*cli, "migrate"], env=env, cwd=ROOT, check=True, capture_output=True)
     process = subprocess.Popen([*cli, "serve"], env=env, cwd=ROOT)
     url = f"http://127.0.0.1:{env['CKPT_PORT']}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise
-        time.sleep(0.1)
+    wait_until_healthy(url, process, timeout=60)
     yield url, process
     if process.poll() is None:
         process.kill()

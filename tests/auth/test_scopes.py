@@ -180,9 +180,9 @@ def test_unauthorised_upload_leaves_nothing(
     client: httpx.Client, server: LiveServer, keys: dict[str, str], tiny: TinyModel
 ) -> None:
     before = client.get("/v1/checkpoints", headers=bearer(keys["read"])).json()["items"]
-    for key in (None, keys["read"]):
-        response = Endpoint("POST", "/v1/checkpoints?name=sneaky", "write", 0, "registry", "upload")
-        assert response.send(client, key, tiny).status_code in (401, 403)
+    upload = Endpoint("POST", "/v1/checkpoints?name=sneaky", "write", 0, "registry", "upload")
+    for key, status in ((None, 401), (keys["read"], 403)):
+        assert upload.send(client, key, tiny).status_code == status
     after = client.get("/v1/checkpoints", headers=bearer(keys["read"])).json()["items"]
     assert [c["id"] for c in after] == [c["id"] for c in before]
     assert leftover_temp_files(server.data_dir) == []
