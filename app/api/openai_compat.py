@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import GenerationDep
@@ -19,12 +19,17 @@ router = APIRouter(prefix="/v1", route_class=OpenAIRoute, tags=["generation (Ope
 
 @router.post("/completions", response_model=Completion)
 async def create_completion(
-    body: CompletionRequest, generation: GenerationDep
+    body: CompletionRequest, generation: GenerationDep, response: Response
 ) -> Completion | StreamingResponse:
-    """`model` is any checkpoint ref: id, name, name:alias or name@version."""
+    """`model` is any checkpoint ref: id, name, name:alias or name@version. Fields without
+    effect here (`best_of`, `suffix`, `user`, unknown keys) are named in a `Warning` header."""
     completions = Completions(generation)
+    warning = body.ignored_warning()
+    headers = {} if warning is None else {"Warning": warning}
     if not body.stream:
-        return await completions.create(body)
+        completion = await completions.create(body)
+        response.headers.update(headers)
+        return completion
 
     async def events() -> AsyncIterator[str]:
         try:
@@ -34,7 +39,7 @@ async def create_completion(
             yield f"data: {json.dumps(openai_error_body(exc))}\n\n"
         yield "data: [DONE]\n\n"
 
-    return StreamingResponse(events(), media_type="text/event-stream")
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
 
 @router.get("/models", response_model=ModelList)

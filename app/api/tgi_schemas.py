@@ -4,19 +4,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 TGI_DEFAULT_MAX_NEW_TOKENS = 100
 
 
 class TGIParameters(BaseModel):
-    """TGI's GenerateParameters. Unknown keys (grammar, watermark, adapter_id, ...) are ignored."""
+    """TGI's GenerateParameters. Every field reaches generation or, set to what this server does
+    not do (`best_of` > 1, `grammar`, `adapter_id`), is refused with 422; so is an unknown key."""
 
+    model_config = ConfigDict(extra="forbid")
+
+    adapter_id: str | None = None
     best_of: int | None = None
     decoder_input_details: bool = False
     details: bool = False
     do_sample: bool = False
     frequency_penalty: float | None = None
+    grammar: dict[str, Any] | None = None
     max_new_tokens: int | None = TGI_DEFAULT_MAX_NEW_TOKENS
     repetition_penalty: float | None = None
     return_full_text: bool | None = None
@@ -37,6 +42,8 @@ def absent_parameters() -> TGIParameters:
 
 
 class TGIRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     inputs: str
     parameters: TGIParameters = Field(default_factory=absent_parameters)
     stream: bool = False

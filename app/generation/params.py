@@ -15,6 +15,8 @@ from app.generation.errors import ValidationFailed
 DEFAULT_MAX_STOP_SEQUENCES = 4
 DEFAULT_MAX_TOP_N_TOKENS = 5
 _MAX_SEED = 2**64 - 1
+MAX_LOGIT_BIAS = 100.0  # OpenAI's bound on a logit_bias value
+PENALTY_RANGE = 2.0  # frequency and presence penalties lie in [-2, 2] (TGI's and OpenAI's range)
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,11 @@ class GenerationParams:
     `max_new_tokens=None` means "as many as the context allows". Logprobs are always computed;
     `top_n_tokens` adds that many alternatives to every token and `decoder_input_details` adds
     the prompt tokens with their logprobs to the finish event.
+
+    Two readings of "frequency penalty" exist and both are kept apart: `frequency_penalty` is
+    TGI's (each token's share of prompt + generated text so far), `output_frequency_penalty` and
+    `presence_penalty` are OpenAI's (counts over the generated tokens only). `logit_bias` is
+    OpenAI's (token id, bias) pairs; `watermark` is TGI's green-list watermark.
     """
 
     max_new_tokens: int | None = None
@@ -33,6 +40,11 @@ class GenerationParams:
     top_p: float | None = None
     typical_p: float | None = None
     repetition_penalty: float | None = None
+    frequency_penalty: float | None = None
+    output_frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logit_bias: Sequence[tuple[int, float]] = field(default_factory=tuple)
+    watermark: bool = False
     seed: int | None = None
     stop: Sequence[str] = field(default_factory=tuple)
     top_n_tokens: int = 0
@@ -41,6 +53,7 @@ class GenerationParams:
     def __post_init__(self) -> None:
         # A tuple keeps the frozen dataclass really immutable (and hashable) whatever was passed.
         object.__setattr__(self, "stop", tuple(self.stop))
+        object.__setattr__(self, "logit_bias", tuple(sorted(self.logit_bias)))
 
     @property
     def has_warpers(self) -> bool:
@@ -109,6 +122,7 @@ class GenerationParams:
             raise ValidationFailed("`temperature` must be strictly positive")
         if self.repetition_penalty is not None and not self.repetition_penalty > 0.0:
             raise ValidationFailed("`repetition_penalty` must be strictly positive")
+        self._validate_penalties()
         if self.top_p is not None and not 0.0 < self.top_p < 1.0:
             raise ValidationFailed("`top_p` must be > 0.0 and < 1.0")
         if self.typical_p is not None and not 0.0 < self.typical_p < 1.0:
@@ -126,3 +140,21 @@ class GenerationParams:
             )
         if any(not sequence for sequence in self.stop):
             raise ValidationFailed("`stop` sequences must not be empty")
+
+    def _validate_penalties(self) -> None:
+        penalties = {
+            "frequency_penalty": self.frequency_penalty,
+            "output_frequency_penalty": self.output_frequency_penalty,
+            "presence_penalty": self.presence_penalty,
+        }
+        for name, value in penalties.items():
+            if value is not None and not -PENALTY_RANGE <= value <= PENALTY_RANGE:
+                raise ValidationFailed(
+                    f"`{name}` must be >= -{PENALTY_RANGE} and <= {PENALTY_RANGE}"
+                )
+        if any(token_id < 0 for token_id, _ in self.logit_bias):
+            raise ValidationFailed("`logit_bias` keys must be token ids (integers >= 0)")
+        if any(not -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS for _, bias in self.logit_bias):
+            raise ValidationFailed(
+                f"`logit_bias` values must be >= -{MAX_LOGIT_BIAS} and <= {MAX_LOGIT_BIAS}"
+            )

@@ -98,7 +98,9 @@ class Sequence:
         self.request = request
         self.state = state
         self.cache = cache
-        self.chooser = TokenChooser(request.params, request.seed, state.runner.device)
+        self.chooser = TokenChooser(
+            request.params, request.seed, state.runner.device, prompt_length=len(request.prompt)
+        )
         self.decoder = IncrementalDecoder(state.tokenizer, request.prompt)
         self.stop = StopMatcher(tuple(request.params.stop))
         # Prompt + generated ids, for the repetition penalty; a view grows over one buffer.

@@ -92,6 +92,10 @@ class Completions:
             yield {**header, "choices": [], "usage": _usage(choices, generated).model_dump()}
 
     async def _prepare(self, request: CompletionRequest) -> list[_Choice]:
+        if request.stream_options is not None and not request.stream:
+            raise ValidationFailed(
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled."
+            )
         prompts = _prompts(request.prompt)
         most = self.generation.limits.max_queue + self.generation.limits.max_batch
         if len(prompts) * request.n > most:
@@ -109,6 +113,7 @@ class Completions:
                     raise NotFound(
                         f"The model `{request.model}` does not exist.", code="model_not_found"
                     ) from exc
+                _check_bias_ids(request, prepared)
                 text = (
                     prompt if isinstance(prompt, str) else prepared.loaded.tokenizer.decode(prompt)
                 )
@@ -135,11 +140,24 @@ def _params(request: CompletionRequest, sample: int) -> GenerationParams:
         top_p=request.top_p if request.top_p is not None and request.top_p < 1.0 else None,
         top_k=request.top_k,
         repetition_penalty=request.repetition_penalty,
+        output_frequency_penalty=request.frequency_penalty,
+        presence_penalty=request.presence_penalty,
+        logit_bias=request.token_bias,
         seed=None if request.seed is None else request.seed + sample,
         stop=request.stops,
         top_n_tokens=request.logprobs or 0,
         decoder_input_details=request.echo and request.logprobs is not None,
     )
+
+
+def _check_bias_ids(request: CompletionRequest, prepared: Prepared) -> None:
+    vocab_size = int(prepared.loaded.config.vocab_size)
+    outside = [token_id for token_id, _ in request.token_bias if token_id >= vocab_size]
+    if outside:
+        raise ValidationFailed(
+            f"Invalid key in 'logit_bias': {outside[0]} is not a token id of this model "
+            f"(vocabulary size {vocab_size})."
+        )
 
 
 def _finish_reason(finish: FinishEvent | GenerationResult) -> Literal["stop", "length"]:

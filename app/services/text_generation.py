@@ -13,7 +13,13 @@ from typing import Any
 
 import anyio
 
-from app.api.tgi_schemas import TGIDetails, TGIPrefillToken, TGIRequest, TGIToken
+from app.api.tgi_schemas import (
+    TGIDetails,
+    TGIParameters,
+    TGIPrefillToken,
+    TGIRequest,
+    TGIToken,
+)
 from app.generation import (
     FinishEvent,
     GenerationEngine,
@@ -172,8 +178,7 @@ class TextGeneration:
         self, ref: str | None, body: TGIRequest, *, full_text_default: bool
     ) -> TGIJob:
         p = body.parameters
-        if p.best_of is not None and p.best_of != 1:
-            raise ValidationFailed("`best_of` != 1 is not allowed for this endpoint")
+        _refuse_unsupported(p)
         params = GenerationParams(
             max_new_tokens=p.max_new_tokens,
             do_sample=p.do_sample,
@@ -182,6 +187,8 @@ class TextGeneration:
             top_p=p.top_p,
             typical_p=p.typical_p,
             repetition_penalty=p.repetition_penalty,
+            frequency_penalty=p.frequency_penalty,
+            watermark=p.watermark,
             seed=p.seed,
             stop=p.stop,
             top_n_tokens=p.top_n_tokens or 0,
@@ -222,6 +229,19 @@ class TextGeneration:
                 "input_length": job.prompt_tokens,
             }
         return _stream_event(token, generated_text=text, details=details)
+
+
+def _refuse_unsupported(parameters: TGIParameters) -> None:
+    """TGI parameters this server does not implement: refused, never silently dropped."""
+    if parameters.best_of is not None and parameters.best_of != 1:
+        raise ValidationFailed("`best_of` != 1 is not allowed for this endpoint")
+    if parameters.grammar is not None:
+        raise ValidationFailed("grammar is not supported")
+    if parameters.adapter_id is not None:
+        raise ValidationFailed(
+            "`adapter_id` is not supported: an adapter is a checkpoint of its own, "
+            "served at /models/{ref}/generate"
+        )
 
 
 def _tgi_token(token: Any) -> TGIToken:

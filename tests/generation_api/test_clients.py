@@ -18,13 +18,6 @@ from tests.live_server import LiveServer
 PROMPT = "the quick brown fox"
 
 
-@pytest.fixture(scope="module")
-def tiny_ref(client: httpx.Client, tiny: TinyModel) -> str:
-    response = upload_raw(client, tiny.zip_stored, "tiny")
-    assert response.status_code == 201, response.text
-    return "tiny"
-
-
 def greedy_ids(tiny: TinyModel, prompt: str, new_tokens: int) -> list[int]:
     ids = tiny.tokenizer(prompt, return_tensors="pt").input_ids
     with torch.inference_mode():
