@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -22,6 +23,7 @@ from app.generation.cache import stored_checkpoint_loader
 from app.observability.install import install_observability
 from app.services.checkpoints import CheckpointService
 from app.services.diffs import DiffService
+from app.services.eviction import DeletionEviction
 from app.services.generation import GenerationCatalog
 from app.services.text_generation import GenerationLimits, TextGeneration
 from app.services.verifications import VerificationService
@@ -60,6 +62,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.diffs = DiffService(db, store)
         app.state.generation = _text_generation(settings, db, store)
         app.state.metrics.watch_generation(app.state.generation.engine)
+        service.on_deleted.append(
+            DeletionEviction(app.state.generation.engine.cache, _checkpoint_folders(settings))
+        )
         worker = EmbeddedWorker(settings) if settings.embedded_worker else None
         try:
             yield
@@ -94,7 +99,7 @@ def _text_generation(settings: Settings, db: Database, store: BlobStorage) -> Te
 
     device = resolve_device(settings.device)
     catalog = GenerationCatalog(db, settings.default_model)
-    cache_dir = settings.data_dir / "cache" / "checkpoints"
+    cache_dir = _checkpoint_folders(settings)
     cache_dir.mkdir(parents=True, exist_ok=True)
     loader = stored_checkpoint_loader(catalog.describe, store, cache_dir, device)
     limits = GenerationLimits(
@@ -115,3 +120,8 @@ def _text_generation(settings: Settings, db: Database, store: BlobStorage) -> Te
         exactness=settings.exact_batching,
     )
     return TextGeneration(catalog, engine, limits)
+
+
+def _checkpoint_folders(settings: Settings) -> Path:
+    """Where stored checkpoints are materialised as folders (shared with the worker)."""
+    return settings.data_dir / "cache" / "checkpoints"

@@ -25,8 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from app.demo.corpus import generate_corpus, train_tokenizer
 from bench.common import gpt2_124m_folder, markdown_table, running_server, timed
-from tests.models import build_tokenizer
 
 PROMPT_TOKENS = 16
 NEW_TOKENS = 128
@@ -44,7 +44,7 @@ def sixteen_token_prompt(tokenizer: Any) -> str:
 
 def model_folder(work: Path) -> tuple[Path, Any]:
     folder = gpt2_124m_folder(work / "gpt2")
-    tokenizer = build_tokenizer()
+    tokenizer = train_tokenizer(generate_corpus(sentences=1000), vocab_size=300)
     tokenizer.save_pretrained(folder)
     return folder, tokenizer
 

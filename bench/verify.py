@@ -9,14 +9,14 @@ see gpt2_124m_all_different). Once the automatic verification of every upload ha
 the worker is idle), it measures:
 
 * the full default report (`{}`: all checks, default inputs, no reference) and a report against
-  the twin checkpoint (`{"reference": {"checkpoint": ...}}`, so equivalence runs): the worker's
-  own `timings.total` (worker-side wall time of the checks) and the time from sending the POST to
-  the report's `finished_at`, best of `--repeat`, with each check's own seconds;
+  the twin checkpoint (`{"reference": {"checkpoint": ...}}`, so equivalence runs): the headline
+  is the time a user waits, from sending the POST to the report's `finished_at` (claim and poll
+  latency included), best of `--repeat`; the worker's own `timings.total` (inside the job) and
+  each check's own seconds are shown beside it;
 * their floor, in this process with torch/transformers already imported and warmed up (as the
-  long-lived worker is): `AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)` and
-  exactly the forward passes and greedy generations the report computes (see floor_report). The
-  integrity check's sha256 of the stored blob is not part of that floor; it is timed (hashlib)
-  and shown beside it;
+  long-lived worker is): hashlib sha256 of the stored blob (the integrity check's work),
+  `AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)` and exactly the forward
+  passes and greedy generations the report computes (see floor_report);
 * GET /v1/checkpoints/{a}/diff/{b} between the two different checkpoints (every tensor differs)
   against hashlib sha256 of both model.safetensors files, with the server's peak RSS growth
   (sampled every 10 ms) against the size of one model.
@@ -45,11 +45,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import gpt2_124m_folder, markdown_table, running_server, timed
 from bench.ingest import RssSampler
 
-REPORT_TARGET = 1.5  # the report costs at most 1.5x its floor
+REPORT_TARGET = 1.3  # POST → finished costs at most 1.3x its floor
 DIFF_TARGET = 2.0  # the diff costs at most 2x hashing both files
 RSS_TARGET = 1.5  # peak server RSS growth during a diff stays below 1.5x one model
 POLL_SECONDS = 0.5  # how often the benchmark asks whether a report is finished
-FINISHED = {"passed", "failed", "error"}
+FINISHED = {"passed", "failed", "error", "inconclusive"}
 
 
 class RssBreakdown(RssSampler):
@@ -303,21 +303,20 @@ def measure_reports(
     rows = []
     for label, (_, reference) in kinds.items():
         report, phases = best_report[label], best_floor[label]
-        total = report["timings"]["total"]
-        ratio = total / phases["total"]
+        e2e, floor_total = best_e2e[label], phases["total"] + best_hash
+        ratio = e2e / floor_total
         ran = [c["name"] for c in report["checks"] if c["status"] != "not_applicable"]
+        described = floor_description(inputs, repeats, steps, reference is not None)
         rows.append(
             [
                 label,
                 report["status"],
                 ", ".join(ran),
-                f"{total:.2f}",
-                f"{best_e2e[label]:.2f}",
-                f"{floor_description(inputs, repeats, steps, reference is not None)}: "
-                f"{phases['total']:.2f} s",
+                f"{e2e:.2f}",
+                f"sha256 of the blob + {described}: {floor_total:.2f} s",
                 f"{ratio:.2f}x",
                 f"≤ {REPORT_TARGET}x: {'met' if ratio <= REPORT_TARGET else 'MISSED'}",
-                f"{total / (phases['total'] + best_hash):.2f}x",
+                f"{report['timings']['total']:.2f}",
             ]
         )
     return rows, best_report, best_floor
@@ -444,12 +443,11 @@ def main() -> None:
                 "report",
                 "status",
                 "checks that ran",
-                "worker timings.total s",
                 "POST → finished s",
-                "floor (same run): plain transformers",
-                "timings.total vs floor",
+                "floor (same run): plain hashlib + transformers",
+                "POST → finished vs floor",
                 "target",
-                "vs floor + sha256 of the blob",
+                "worker timings.total s (inside the job)",
             ],
             report_rows,
         )

@@ -68,7 +68,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _worker(_args: argparse.Namespace) -> int:
+    from app.lifeline import exit_with_parent
     from app.worker.main import run_worker
+
+    exit_with_parent()  # started by `ckpt serve`: ends when that server does
 
     return run_worker(Settings())
 

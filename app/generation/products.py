@@ -24,6 +24,14 @@ import torch
 import torch.nn.functional as F
 
 
+def pin_torch_threads(count: int | None = None) -> None:
+    """Called first in every thread that runs the model. A new thread's OpenMP/MKL thread count
+    starts at the library default (the cores), not at torch's setting, until a torch op first
+    runs a parallel loop; MKL's results on Intel CPUs depend on that count, so a product in such
+    a thread could differ in the last bits from the same product on the thread that set it."""
+    torch.set_num_threads(count or torch.get_num_threads())
+
+
 class HelperThread:
     """A thread that runs one job at a time for the scheduler thread (in inference mode)."""
 
@@ -44,6 +52,7 @@ class HelperThread:
         self._jobs.put(None)
 
     def _run(self) -> None:
+        pin_torch_threads()
         with torch.inference_mode():
             while (job := self._jobs.get()) is not None:
                 try:

@@ -22,7 +22,7 @@ import torch
 from app.errors import AppError
 from app.generation.cache import LoadedModel
 from app.generation.errors import GenerationFailed
-from app.generation.products import ExactProducts, HelperThread
+from app.generation.products import ExactProducts, HelperThread, pin_torch_threads
 from app.generation.sequence import ModelState, Request, Sequence, new_model_state
 
 logger = logging.getLogger(__name__)
@@ -98,8 +98,7 @@ class Scheduler:
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        if self.torch_threads is not None:
-            torch.set_num_threads(self.torch_threads)
+        pin_torch_threads(self.torch_threads)
         with torch.inference_mode():
             while (admitted := self._next_admissions()) is not None:
                 for request in admitted:

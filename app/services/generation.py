@@ -19,7 +19,7 @@ GENERATIVE_MODEL_TYPES = {"gpt2"}
 
 @dataclass(frozen=True)
 class Servable:
-    """A checkpoint that can generate text: ready, a known architecture, a tokenizer."""
+    """A checkpoint that can generate text: a known architecture and a tokenizer."""
 
     id: str
     ref: str
@@ -63,27 +63,17 @@ class GenerationCatalog:
     def servable(self) -> list[Servable]:
         with self.db.reading() as session:
             rows = session.scalars(
-                select(Checkpoint)
-                .where(Checkpoint.status == "ready")
-                .order_by(Checkpoint.created_at.desc(), Checkpoint.id)
+                select(Checkpoint).order_by(Checkpoint.created_at.desc(), Checkpoint.id)
             ).all()
             return [_servable(row) for row in rows if _problem(row) is None]
 
 
 def _newest_servable(session: Session) -> Checkpoint | None:
-    rows = session.scalars(
-        select(Checkpoint)
-        .where(Checkpoint.status == "ready")
-        .order_by(Checkpoint.created_at.desc(), Checkpoint.id)
-    )
+    rows = session.scalars(select(Checkpoint).order_by(Checkpoint.created_at.desc(), Checkpoint.id))
     return next((row for row in rows if _problem(row) is None), None)
 
 
 def _problem(row: Checkpoint) -> str | None:
-    if row.status != "ready":
-        return f"checkpoint {row.name}@{row.version} is {row.status}, not ready" + (
-            f": {row.error}" if row.error else ""
-        )
     model_type = (row.architecture or {}).get("model_type")
     if model_type not in GENERATIVE_MODEL_TYPES:
         return f"checkpoint {row.name}@{row.version} cannot generate text: " + (
