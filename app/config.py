@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote, unquote, urlparse
 
 from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +36,11 @@ class Settings(BaseSettings):
     job_lease_seconds: float = 30.0
     job_max_attempts: int = 3
     worker_poll_seconds: float = 0.5
+    # Finished jobs are deleted once older than this or beyond the newest COUNT (0: keep none);
+    # the job-duration histogram keeps counting them. Workers prune every PRUNE_SECONDS.
+    job_retention_seconds: float = 7 * 24 * 3600
+    job_retention_count: int = 10_000
+    job_prune_seconds: float = 300.0
     default_model: str | None = None
     model_cache_bytes: int = 4 << 30
     max_queue: int = 64
@@ -60,12 +66,38 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int | None = None
     key_quota_bytes: int | None = None
 
+    # Every path is made absolute with its symlinks resolved here, once: the embedded worker,
+    # symlinks in the model cache and `relative_to` between paths must never depend on the
+    # working directory or on how a path was spelled.
+    @field_validator("data_dir")
+    @classmethod
+    def _resolved_data_dir(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @field_validator("database_url")
+    @classmethod
+    def _resolved_sqlite_path(cls, value: str | None) -> str | None:
+        if not value:
+            return value
+        from sqlalchemy.engine import make_url
+
+        url = make_url(value)
+        if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+            return value
+        resolved = url.set(database=str(Path(url.database).expanduser().resolve()))
+        return resolved.render_as_string(hide_password=False)
+
     @field_validator("storage_url")
     @classmethod
     def _known_storage_scheme(cls, value: str | None) -> str | None:
-        if value and not value.startswith(("file://", "s3://")):
+        url = urlparse(value or "")
+        if value and url.scheme not in ("file", "s3"):
             raise ValueError("must be file:///dir or s3://bucket/prefix")
-        return value
+        if url.scheme != "file":
+            return value
+        if url.netloc not in ("", "localhost"):  # file://data/blobs: a host, not a path
+            raise ValueError(f"must be file:///dir (an absolute path), not {value!r}")
+        return f"file://{quote(str(Path(unquote(url.path)).resolve()))}"
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -76,7 +108,7 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
-        return f"sqlite:///{(self.data_dir / 'registry.sqlite3').resolve()}"
+        return f"sqlite:///{self.data_dir / 'registry.sqlite3'}"
 
     @cached_property
     def ingest_limits(self) -> IngestLimits:

@@ -17,6 +17,7 @@ from app.api.deps import CheckpointsDep, DiffsDep, SettingsDep, StoreDep
 from app.api.errors import error_responses
 from app.api.upload_body import BodyPace, ReceivedUpload, receive_upload
 from app.auth.deps import UploadQuotaDep, require_scope
+from app.db.refs import check_name
 from app.errors import InvalidInput, PayloadTooLarge
 from app.ingest.inspect import parse_config_text
 from app.ingest.jsonutil import strict_json
@@ -76,6 +77,7 @@ async def upload_checkpoint(
     bytes as `application/octet-stream` with the same fields as query parameters.
     """
     _check_announced_size(request, settings.max_upload_bytes)
+    _check_query(name=name, filename=filename, config=config, metadata=metadata)
 
     def make_spool(expected_size: int | None) -> UploadSpool:
         quota.check_announced(expected_size)
@@ -93,10 +95,9 @@ async def upload_checkpoint(
             received, name=name, filename=filename, config=config, metadata=metadata
         )
         upload = replace(upload, uploaded_by=quota.key_id, quota_bytes=quota.limit)
-    except BaseException:
+        view, created = await anyio.to_thread.run_sync(checkpoints.ingest, upload)
+    finally:  # stored or refused, the spooled body goes (ingest removes it too)
         received.spooled.path.unlink(missing_ok=True)
-        raise
-    view, created = await anyio.to_thread.run_sync(checkpoints.ingest, upload)
     return JSONResponse(
         view.model_dump(mode="json"),
         status_code=201 if created else 200,
@@ -111,6 +112,21 @@ def _check_announced_size(request: Request, limit: int) -> None:
             f"Content-Length {announced} exceeds the upload limit of {limit} bytes",
             code="upload_too_large",
         )
+
+
+def _check_query(
+    *, name: str | None, filename: str | None, config: str | None, metadata: str | None
+) -> None:
+    """Query parameters are known before the body: a bad one is refused before it is read
+    (empty ones are ignored, as _upload_request ignores them)."""
+    if name:
+        check_name(name)
+    if filename:
+        _stored_filename(filename)
+    if config:
+        parse_config_text(config)
+    if metadata:
+        _parse_metadata(metadata)
 
 
 def _upload_request(

@@ -13,7 +13,6 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
 
 from pydantic import BaseModel, Field
 from sqlalchemy import select, update
@@ -23,6 +22,7 @@ from app.auth.scopes import Scope
 from app.db.engine import Database
 from app.db.models import ApiKey, utcnow
 from app.errors import InvalidInput, NotFound
+from app.services.views import UtcDateTime
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,9 @@ class KeyView(BaseModel):
     name: str
     scope: Scope
     quota_bytes: int | None
-    created_at: datetime
-    last_used_at: datetime | None
-    revoked_at: datetime | None
+    created_at: UtcDateTime
+    last_used_at: UtcDateTime | None
+    revoked_at: UtcDateTime | None
 
     @property
     def revoked(self) -> bool:

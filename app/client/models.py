@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,8 +25,7 @@ class Checkpoint(_Model):
     version: int
     ref: str
     aliases: list[str]
-    status: str
-    error: str | None = None
+    status: str  # "ready" (the only state the server has today)
     format: str
     filename: str | None = None
     created_at: datetime
@@ -95,9 +94,15 @@ class CheckpointRef(_Model):
     version: int
 
 
+VerificationStatus = Literal["queued", "running", "passed", "failed", "inconclusive", "error"]
+
+
 class Verification(_Model):
     id: str
-    status: str = Field(description="queued, running, passed, failed or error")
+    status: VerificationStatus
+    summary: dict[str, Any] | None = Field(
+        None, description="the verdict's line, what was and was not checked, and why"
+    )
     checkpoint: CheckpointRef
     created_at: datetime
     finished_at: datetime | None = None
@@ -115,6 +120,11 @@ class Verification(_Model):
     @property
     def passed(self) -> bool:
         return self.status == "passed"
+
+    @property
+    def inconclusive(self) -> bool:
+        """Neither passed nor failed: a check could not run or rested on an assumption."""
+        return self.status == "inconclusive"
 
 
 class VerificationList(_Model):

@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Group
-from rich.filesize import decimal
 
 from app.client import Checkpoint, Client
-from app.commands.common import UsageError, dumped, emit, handler
+from app.commands.common import UsageError, dumped, emit, handler, stdout
 from app.commands.progress import transfer_bar
 from app.commands.render import checkpoint_table, checkpoints_table, diff_table, tensors_table
+from app.display import binary_size
 
 
 def add_checkpoint_commands(commands: Any, options: argparse.ArgumentParser) -> None:
@@ -28,6 +28,12 @@ def add_checkpoint_commands(commands: Any, options: argparse.ArgumentParser) -> 
         help="deflate a folder's zip (default STORED: float weights barely compress)",
     )
     upload.add_argument("--metadata", default=None, help="JSON object of your own key/values")
+    upload.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="the model's config.json, for weights that carry none (else GPT-2's is inferred)",
+    )
     upload.set_defaults(handler=handler(_upload))
 
     listing = commands.add_parser("list", parents=[options], help="checkpoints, newest first")
@@ -70,9 +76,15 @@ def add_checkpoint_commands(commands: Any, options: argparse.ArgumentParser) -> 
 
 def _upload(args: argparse.Namespace, client: Client) -> int:
     metadata = _json_object(args.metadata, "--metadata") if args.metadata else None
+    config = _config_file(args.config) if args.config is not None else None
     with transfer_bar(f"upload {args.path.name}", enabled=not args.json) as progress:
         checkpoint = client.upload(
-            args.path, name=args.name, metadata=metadata, deflate=args.deflate, progress=progress
+            args.path,
+            name=args.name,
+            metadata=metadata,
+            config=config,
+            deflate=args.deflate,
+            progress=progress,
         )
     verb = "stored" if checkpoint.created else "already stored"
     return emit(
@@ -80,6 +92,14 @@ def _upload(args: argparse.Namespace, client: Client) -> int:
         checkpoint,
         Group(f"{verb} as [bold]{checkpoint.ref}[/bold]", checkpoint_table(checkpoint)),
     )
+
+
+def _config_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--config {path}: {exc}") from exc
+    return _json_object(text, f"--config {path}")
 
 
 def _json_object(text: str, option: str) -> dict[str, Any]:
@@ -101,7 +121,7 @@ def _list(args: argparse.Namespace, client: Client) -> int:
         if len(items) == args.limit:
             break
         items.append(checkpoint)
-    return emit(args, dumped(list(items)), checkpoints_table(items))
+    return emit(args, dumped(list(items)), checkpoints_table(items, stdout.width))
 
 
 def _show(args: argparse.Namespace, client: Client) -> int:
@@ -111,7 +131,7 @@ def _show(args: argparse.Namespace, client: Client) -> int:
 
 def _tensors(args: argparse.Namespace, client: Client) -> int:
     listing = client.tensors(args.ref)
-    return emit(args, listing, tensors_table(listing))
+    return emit(args, listing, tensors_table(listing, stdout.width))
 
 
 def _diff(args: argparse.Namespace, client: Client) -> int:
@@ -134,7 +154,8 @@ def _download(args: argparse.Namespace, client: Client) -> int:
     with transfer_bar(f"download {args.ref}", enabled=not args.json) as progress:
         done = client.download(args.ref, args.output, path=args.file, progress=progress)
     summary = {"path": str(done.path), "size": done.size, "sha256": done.sha256}
-    return emit(args, summary, f"{done.path} ({decimal(done.size)}), sha256 {done.sha256} verified")
+    size = binary_size(done.size)
+    return emit(args, summary, f"{done.path} ({size}), sha256 {done.sha256} verified")
 
 
 def _delete(args: argparse.Namespace, client: Client) -> int:

@@ -20,6 +20,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_SERVER = 3
+EXIT_INCONCLUSIVE = 4  # a verification neither passed nor failed (see `ckpt verify`)
 
 
 class UsageError(Exception):

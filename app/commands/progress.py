@@ -9,15 +9,27 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    ProgressColumn,
     SpinnerColumn,
+    Task,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
-    TransferSpeedColumn,
 )
+from rich.text import Text
 
 from app.client import ProgressCallback, Verification
 from app.commands.common import stderr
+from app.display import binary_size
+
+
+class _BinarySpeedColumn(ProgressColumn):
+    """The transfer rate in the binary units every other size is shown in (MiB/s)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        rate = "?" if speed is None else f"{binary_size(speed)}/s"
+        return Text(rate, style="progress.data.speed")
 
 
 @contextmanager
@@ -29,8 +41,8 @@ def transfer_bar(description: str, *, enabled: bool) -> Iterator[ProgressCallbac
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
+        DownloadColumn(binary_units=True),
+        _BinarySpeedColumn(),
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=stderr, transient=False) as progress:

@@ -1,4 +1,4 @@
-"""`ckpt verify` and `ckpt report`: exit 1 when a report did not pass."""
+"""`ckpt verify` and `ckpt report`: exit 1 when a report failed, 4 when it was inconclusive."""
 
 from __future__ import annotations
 
@@ -8,16 +8,26 @@ from pathlib import Path
 from typing import Any
 
 from app.client import Client, Verification, VerificationOptions
-from app.commands.common import EXIT_FAILED, EXIT_OK, UsageError, handler, print_json, stdout
+from app.commands.common import (
+    EXIT_FAILED,
+    EXIT_INCONCLUSIVE,
+    EXIT_OK,
+    UsageError,
+    handler,
+    print_json,
+    stdout,
+)
 from app.commands.progress import job_spinner
-from app.commands.render import report_table, status_text
+from app.commands.render import report_view, status_text
 
 CHECKS = ("integrity", "round_trip", "load", "equivalence", "stability", "weights", "resumability")
 
 
 def add_verification_commands(commands: Any, options: argparse.ArgumentParser) -> None:
     verify = commands.add_parser(
-        "verify", parents=[options], help="verify a checkpoint (exit 1 when it fails)"
+        "verify",
+        parents=[options],
+        help="verify a checkpoint (with --wait: exit 1 when it fails, 4 when inconclusive)",
     )
     verify.add_argument("ref")
     verify.add_argument(
@@ -96,7 +106,14 @@ def _print_report(report: Verification, *, as_json: bool) -> int:
     if as_json:
         print_json(report)
     else:
-        stdout.print(report_table(report))
+        stdout.print(report_view(report))
         if report.error:
             stdout.print(f"[red]error[/red]: {report.error}")
-    return EXIT_FAILED if report.status in ("failed", "error") else EXIT_OK
+    return exit_code(report.status)
+
+
+def exit_code(status: str) -> int:
+    """0 passed, 1 failed or error, 4 inconclusive (a check could not give a verdict)."""
+    if status in ("failed", "error"):
+        return EXIT_FAILED
+    return EXIT_INCONCLUSIVE if status == "inconclusive" else EXIT_OK

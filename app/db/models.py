@@ -6,12 +6,32 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, Dialect, Float, ForeignKey, Index, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """Aware UTC. SQLite hands stored times back naive (they were written in UTC), PostgreSQL
+    aware in its session's zone."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timestamp column that always reads back as an aware UTC datetime, on every database."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else as_utc(value)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else as_utc(value)
 
 
 def new_id() -> str:
@@ -33,11 +53,12 @@ class Checkpoint(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(128))
     version: Mapped[int]
+    # Always "ready": a row is written only once its upload was inspected. Resumable uploads
+    # (inspected after they arrive) will add "pending" and "failed" with real transitions.
     status: Mapped[str] = mapped_column(String(16))
-    error: Mapped[str | None] = mapped_column(Text)
     format: Mapped[str] = mapped_column(String(16))
     filename: Mapped[str | None] = mapped_column(String(255))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     uncompressed_bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
@@ -100,9 +121,7 @@ class Alias(Base):
     checkpoint_id: Mapped[str] = mapped_column(
         ForeignKey("checkpoints.id", ondelete="CASCADE"), index=True
     )
-    updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, onupdate=utcnow
-    )
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, onupdate=utcnow)
 
     checkpoint: Mapped[Checkpoint] = relationship(back_populates="aliases")
 
@@ -121,15 +140,19 @@ class Verification(Base):
     # A reference outputs document can be megabytes: loaded only by the worker that needs it.
     reference_outputs: Mapped[dict[str, Any] | None] = mapped_column(deferred=True)
     report: Mapped[dict[str, Any] | None]
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class Job(Base):
     """A unit of work for a worker, claimed with a lease that heartbeats extend."""
 
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_state_leased_until", "state", "leased_until"),)
+    __table_args__ = (
+        Index("ix_jobs_state_leased_until", "state", "leased_until"),
+        Index("ix_jobs_state_finished_at", "state", "finished_at"),  # retention
+        Index("ix_jobs_kind_state", "kind", "state"),  # the metrics' counts
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     kind: Mapped[str] = mapped_column(String(32))
@@ -138,12 +161,28 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(default=0)
     max_attempts: Mapped[int]
     worker_id: Mapped[str | None] = mapped_column(String(128))
-    leased_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    leased_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class JobDurationBucket(Base):
+    """Finished jobs counted into one histogram bucket (`le` is its upper bound, "+Inf" last).
+
+    The queue adds to it in the transaction that finishes a job, so the histogram survives the
+    jobs table's pruning and a scrape reads a few rows instead of every finished job.
+    """
+
+    __tablename__ = "job_duration_buckets"
+
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), primary_key=True)
+    le: Mapped[str] = mapped_column(String(16), primary_key=True)
+    jobs: Mapped[int] = mapped_column(BigInteger)
+    seconds: Mapped[float] = mapped_column(Float)  # the durations' sum
 
 
 class ApiKey(Base):
@@ -157,6 +196,6 @@ class ApiKey(Base):
     scope: Mapped[str] = mapped_column(String(16))
     key_hash: Mapped[str] = mapped_column(String(64))
     quota_bytes: Mapped[int | None] = mapped_column(BigInteger)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())

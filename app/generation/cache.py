@@ -22,7 +22,7 @@ from app.errors import AppError
 from app.generation.errors import GenerationFailed, ModelUnavailable
 from app.services.views import CheckpointView, TensorView
 from app.storage.base import BlobStorage
-from app.worker.loading import StoredCheckpoint, materialize
+from app.worker.loading import StoredCheckpoint, materialize, require_readable_files
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,6 +61,7 @@ def load_model_folder(folder: Path, device: torch.device) -> LoadedModel:
     """A saved Hugging Face folder, read through safetensors only, without remote code."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    require_readable_files(folder)
     model: Any = AutoModelForCausalLM.from_pretrained(
         folder, use_safetensors=True, local_files_only=True, trust_remote_code=False
     )
@@ -107,6 +108,7 @@ class ModelCache:
         self.misses = 0  # get() had to load it or wait for a load in flight
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._inflight: dict[str, Future[LoadedModel]] = {}
+        self._discarded_in_flight: set[str] = set()
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(load_threads, thread_name_prefix="model-load")
 
@@ -133,8 +135,13 @@ class ModelCache:
             return self._models.get(checkpoint_id)
 
     def discard(self, checkpoint_id: str) -> bool:
-        """Forget a model (say, its checkpoint was deleted); True when it was resident."""
+        """Forget a model (its checkpoint was deleted); True when it was resident.
+
+        A load in flight still answers the requests waiting on it, but its model is not kept.
+        """
         with self._lock:
+            if checkpoint_id in self._inflight:
+                self._discarded_in_flight.add(checkpoint_id)
             return self._models.pop(checkpoint_id, None) is not None
 
     def resident(self) -> list[str]:
@@ -156,12 +163,16 @@ class ModelCache:
         except BaseException as exc:
             with self._lock:
                 self._inflight.pop(checkpoint_id, None)  # the next request tries again
+                self._discarded_in_flight.discard(checkpoint_id)
             if isinstance(exc, Exception) and not isinstance(exc, AppError):
                 # A broken file or an out-of-memory is the dependency failing, not a bug here.
                 raise GenerationFailed(f"loading checkpoint {checkpoint_id} failed: {exc}") from exc
             raise
         with self._lock:
             self._inflight.pop(checkpoint_id, None)
+            if checkpoint_id in self._discarded_in_flight:
+                self._discarded_in_flight.discard(checkpoint_id)
+                return loaded
             self._models[checkpoint_id] = loaded
             self._evict_over_budget(keep=checkpoint_id)
         return loaded

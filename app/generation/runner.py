@@ -126,7 +126,7 @@ class GPT2Runner:
         dynamic = DynamicCache(config=self.config)
         hidden = self.model.transformer(
             input_ids=ids,
-            past_key_values=dynamic,
+            cache=dynamic,
             position_ids=torch.arange(len(prompt), device=self.device).unsqueeze(0),
             use_cache=True,
         ).last_hidden_state

@@ -15,7 +15,13 @@ from app.errors import InvalidInput, RejectedCheckpoint
 from app.hashing import sha256_file
 from app.ingest.archive import extract_zip, scan_zip
 from app.ingest.jsonutil import loads_strict
-from app.ingest.model_config import architecture_from_config, check_weights_match, infer_gpt2_config
+from app.ingest.model_config import (
+    architecture_from_config,
+    check_configs_agree,
+    check_weights_match,
+    config_from_checkpoint,
+    infer_gpt2_config,
+)
 from app.ingest.safetensors_format import (
     DTYPE_TORCH_NAME,
     SafetensorsHeader,
@@ -47,6 +53,8 @@ class Inspection:
     config: dict[str, Any] | None = None
     architecture: dict[str, Any] | None = None
     training: dict[str, Any] | None = None
+    # what a torch.save checkpoint carried under model_args / config / ... (untrusted)
+    carried_configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     tokenizer: dict[str, Any] = field(
         default_factory=lambda: {"present": False, "kind": None, "vocab_size": None}
     )
@@ -191,6 +199,7 @@ def _convert_folder_pickle(
     conversion = convert_torch_checkpoint(folder / PICKLE_WEIGHTS[0], converted, limits)
     _add_derived(inspection, converted, conversion.files, limits)
     inspection.training = conversion.training
+    inspection.carried_configs = conversion.configs
 
 
 def _inspect_torch(spooled: SpooledUpload, workdir: Path, limits: IngestLimits) -> Inspection:
@@ -204,6 +213,7 @@ def _inspect_torch(spooled: SpooledUpload, workdir: Path, limits: IngestLimits) 
         tensors=[],
         uncompressed_bytes=spooled.size,
         training=conversion.training,
+        carried_configs=conversion.configs,
     )
     _add_derived(inspection, converted, conversion.files, limits)
     return inspection
@@ -212,9 +222,13 @@ def _inspect_torch(spooled: SpooledUpload, workdir: Path, limits: IngestLimits) 
 def _add_derived(
     inspection: Inspection, folder: Path, written: list[Path], limits: IngestLimits
 ) -> None:
-    """Record files the service wrote (converted weights, training state) and their tensors."""
+    """Record files the service wrote (converted weights, training state) and their tensors.
+
+    The converter reports resolved paths: the folder is compared in the same form.
+    """
+    root = folder.resolve()
     for path in sorted(written):
-        name = path.relative_to(folder).as_posix()
+        name = path.resolve().relative_to(root).as_posix()
         if name.endswith(".safetensors"):
             sha, header, hashes = hash_safetensors_file(path, limits)
             if name == MODEL_WEIGHTS:
@@ -226,9 +240,10 @@ def _add_derived(
 
 
 def _settle_config(inspection: Inspection, given: dict[str, Any] | None, workdir: Path) -> None:
-    """Use the given config, else the folder's, else infer GPT-2's; write config.json if new."""
+    """Use the given config, else the folder's, else the one the checkpoint carries, else infer
+    GPT-2's; record where it came from and write config.json if the upload had none."""
     shapes = {t.name: t.shape for t in inspection.tensors}
-    inferred = False
+    carried = config_from_checkpoint(inspection.carried_configs, shapes)
     if given is not None:
         if inspection.config is not None:
             raise InvalidInput(
@@ -236,16 +251,26 @@ def _settle_config(inspection: Inspection, given: dict[str, Any] | None, workdir
                 "send one or the other",
                 code="config_conflict",
             )
-        inspection.config = given
-    elif inspection.config is None:
-        inspection.config = infer_gpt2_config(shapes)
-        inferred = inspection.config is not None
+        inspection.config, source = given, "upload"
+    elif inspection.config is not None:
+        source = "config.json"
+    elif carried is not None:
+        source, inspection.config = carried
+    else:
+        inspection.config, source = infer_gpt2_config(shapes), "inferred"
     if inspection.config is None:
         return
-    inspection.architecture = architecture_from_config(inspection.config, inferred=inferred)
+    inspection.architecture = architecture_from_config(inspection.config, source=source)
     check_weights_match(inspection.architecture, shapes)
+    if carried is not None and carried[0] != source:
+        check_configs_agree(inspection.architecture, _carried_architecture(carried), carried[0])
     if "config.json" not in inspection.sources:
         _write_derived_config(inspection, workdir)
+
+
+def _carried_architecture(carried: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+    source, config = carried
+    return architecture_from_config(config, source=source)
 
 
 def _write_derived_config(inspection: Inspection, workdir: Path) -> None:

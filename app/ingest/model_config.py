@@ -12,6 +12,8 @@ from typing import Any
 from app.errors import RejectedCheckpoint
 
 CONFIG_CODE = "config_invalid"
+MISMATCH_CODE = "config_weights_mismatch"
+ASSUMPTIONS_KEY = "_inferred_assumptions"
 
 # (architecture field, names used by configs for it, upper bound)
 _FIELDS: tuple[tuple[str, tuple[str, ...], int], ...] = (
@@ -26,8 +28,13 @@ _GPT2_HEAD_DIM = 64
 _BLOCK = re.compile(r"^(?:transformer\.)?h\.(\d+)\.")
 
 
-def architecture_from_config(config: Mapping[str, Any], *, inferred: bool) -> dict[str, Any]:
-    """The architecture summary of a config, rejecting custom code and absurd sizes."""
+def architecture_from_config(config: Mapping[str, Any], *, source: str) -> dict[str, Any]:
+    """The architecture summary of a config, rejecting custom code and absurd sizes.
+
+    `source` records where the config came from: `upload`, `config.json`, `checkpoint:<key>` or
+    `inferred`. `inferred` is true when a field was assumed rather than read (the config lists
+    it under `_inferred_assumptions`, as infer_gpt2_config writes), and `assumptions` says which.
+    """
     if not isinstance(config, Mapping):
         raise RejectedCheckpoint("config must be a JSON object", code=CONFIG_CODE)
     if "auto_map" in config:
@@ -38,21 +45,43 @@ def architecture_from_config(config: Mapping[str, Any], *, inferred: bool) -> di
     model_type = config.get("model_type")
     if model_type is not None and not isinstance(model_type, str):
         raise RejectedCheckpoint("config.model_type must be a string", code=CONFIG_CODE)
-    architecture: dict[str, Any] = {"model_type": model_type, "inferred": inferred}
+    assumptions = _assumptions(config)
+    architecture: dict[str, Any] = {
+        "model_type": model_type,
+        "inferred": bool(assumptions),
+        "config_source": source,
+    }
     for field, names, bound in _FIELDS:
         architecture[field] = _bounded_int(config, names, bound)
     _check_consistency(architecture)
+    if assumptions:
+        architecture["assumptions"] = assumptions
     return architecture
 
 
-def _bounded_int(config: Mapping[str, Any], names: tuple[str, ...], bound: int) -> int | None:
+def _assumptions(config: Mapping[str, Any]) -> list[str]:
+    listed = config.get(ASSUMPTIONS_KEY)
+    if listed is None:
+        return []
+    if not isinstance(listed, list) or not all(
+        isinstance(item, str) and len(item) <= 200 for item in listed[:16]
+    ):
+        raise RejectedCheckpoint(
+            f"config.{ASSUMPTIONS_KEY} must be a list of short strings", code=CONFIG_CODE
+        )
+    return list(listed[:16])
+
+
+def _bounded_int(
+    config: Mapping[str, Any], names: tuple[str, ...], bound: int, where: str = "config"
+) -> int | None:
     for name in names:
         if name not in config or config[name] is None:
             continue
         value = config[name]
         if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= bound:
             raise RejectedCheckpoint(
-                f"config.{name} = {value!r} is not a positive integer of at most {bound}",
+                f"{where}.{name} = {value!r} is not a positive integer of at most {bound}",
                 code=CONFIG_CODE,
             )
         return value
@@ -93,8 +122,16 @@ def check_weights_match(
             raise RejectedCheckpoint(
                 f"weights do not match config: {name} has shape {list(shape)}, config says "
                 f"{list(want)}",
-                code="config_weights_mismatch",
+                code=MISMATCH_CODE,
             )
+    blocks = len(_block_indices(shapes))
+    n_layer = architecture.get("n_layer")
+    if blocks and n_layer is not None and n_layer != blocks:
+        raise RejectedCheckpoint(
+            f"weights do not match config: n_layer is {n_layer} but the weights hold {blocks} "
+            "transformer blocks",
+            code=MISMATCH_CODE,
+        )
 
 
 def _shape_agrees(shape: tuple[int, ...], want: tuple[int | None, int | None]) -> bool:
@@ -117,6 +154,7 @@ def infer_gpt2_config(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any] |
     if n_layer == 0:
         return None
     n_embd = wte[1]
+    n_head = max(1, n_embd // _GPT2_HEAD_DIM) if n_embd % _GPT2_HEAD_DIM == 0 else 1
     config: dict[str, Any] = {
         "model_type": "gpt2",
         "architectures": ["GPT2LMHeadModel"],
@@ -124,8 +162,8 @@ def infer_gpt2_config(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any] |
         "n_positions": wpe[0],
         "n_embd": n_embd,
         "n_layer": n_layer,
-        "n_head": max(1, n_embd // _GPT2_HEAD_DIM) if n_embd % _GPT2_HEAD_DIM == 0 else 1,
-        "_inferred_assumptions": ["n_head from 64-wide heads"],
+        "n_head": n_head,
+        ASSUMPTIONS_KEY: [f"n_head {n_head} assumed from tensor shapes (heads 64 wide)"],
     }
     fc = _find(shapes, "h.0.mlp.c_fc.weight")
     if fc is not None and len(fc) == 2 and fc[1] != 4 * n_embd:
@@ -142,3 +180,104 @@ def _find(shapes: Mapping[str, tuple[int, ...]], suffix: str) -> tuple[int, ...]
 
 def _block_indices(names: Iterable[str]) -> set[int]:
     return {int(m.group(1)) for name in names if (m := _BLOCK.match(name))}
+
+
+# --- configs carried inside a torch.save checkpoint --------------------------------------------
+
+# Where training code keeps the model's config, most specific first: nanoGPT writes the model's
+# own arguments to `model_args` and its whole training config (which repeats them) to `config`.
+CHECKPOINT_CONFIG_KEYS = ("model_args", "config", "cfg", "hparams", "hyper_parameters", "args")
+_NANOGPT_NAMES = {"n_positions": ("block_size",)}
+_GPT2_DROPOUTS = ("resid_pdrop", "embd_pdrop", "attn_pdrop")
+_ARCHITECTURE_NAMES = frozenset(
+    name for field, names, _ in _FIELDS if field != "vocab_size" for name in names
+) | {"block_size"}
+
+
+def config_from_checkpoint(
+    candidates: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]
+) -> tuple[str, dict[str, Any]] | None:
+    """(source, config) for the first candidate that describes the model, else None.
+
+    A config with `model_type` is taken as a Hugging Face config; one in nanoGPT's names
+    (n_layer, n_head, n_embd, block_size, bias, vocab_size, dropout) is mapped onto the GPT-2
+    config inferred from the weights, and must agree with them. Values are untrusted: every one
+    used is type- and range-checked, and a contradiction with the weights is refused (422).
+    """
+    for key in CHECKPOINT_CONFIG_KEYS:
+        raw = candidates.get(key)
+        if not isinstance(raw, Mapping) or not _ARCHITECTURE_NAMES & set(raw):
+            continue
+        where = f"the checkpoint's {key}"
+        if isinstance(raw.get("model_type"), str):
+            return f"checkpoint:{key}", dict(raw)
+        mapped = _gpt2_from_checkpoint(raw, shapes, where)
+        if mapped is not None:
+            return f"checkpoint:{key}", mapped
+    return None
+
+
+def _gpt2_from_checkpoint(
+    raw: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], where: str
+) -> dict[str, Any] | None:
+    """nanoGPT-style names onto the config the weights imply; None if they are not GPT-2's."""
+    config = infer_gpt2_config(shapes)
+    if config is None:
+        return None
+    for field, names, bound in _FIELDS:
+        value = _bounded_int(raw, names + _NANOGPT_NAMES.get(field, ()), bound, where)
+        if value is None:
+            continue
+        if field == "n_head":
+            config["n_head"] = value
+            config.pop(ASSUMPTIONS_KEY)
+        elif value != config[field]:
+            raise RejectedCheckpoint(
+                f"{where} says {field} = {value}, but the weights have {field} {config[field]}",
+                code=MISMATCH_CODE,
+            )
+    _map_dropout(raw, config, where)
+    _check_bias(raw, shapes, where)
+    return config
+
+
+def _map_dropout(raw: Mapping[str, Any], config: dict[str, Any], where: str) -> None:
+    dropout = raw.get("dropout")
+    if dropout is None:
+        return
+    if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout <= 1:
+        raise RejectedCheckpoint(
+            f"{where}.dropout = {dropout!r} is not a probability between 0 and 1",
+            code=CONFIG_CODE,
+        )
+    config.update(dict.fromkeys(_GPT2_DROPOUTS, float(dropout)))
+
+
+def _check_bias(raw: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], where: str) -> None:
+    bias = raw.get("bias")
+    if bias is None:
+        return
+    if not isinstance(bias, bool):
+        raise RejectedCheckpoint(f"{where}.bias = {bias!r} is not true or false", code=CONFIG_CODE)
+    has_bias = _find(shapes, "h.0.attn.c_attn.bias") is not None
+    if bias != has_bias:
+        held = "hold" if has_bias else "have no"
+        raise RejectedCheckpoint(
+            f"{where} says bias = {bias}, but the weights {held} bias tensors",
+            code=MISMATCH_CODE,
+        )
+
+
+def check_configs_agree(
+    chosen: Mapping[str, Any], carried: Mapping[str, Any], carried_source: str
+) -> None:
+    """The config sent with an upload may not contradict the one the checkpoint carries."""
+    for field, _, _ in _FIELDS:
+        mine, theirs = chosen.get(field), carried.get(field)
+        if mine is not None and theirs is not None and mine != theirs:
+            raise RejectedCheckpoint(
+                f"the uploaded config says {field} = {mine}, but the checkpoint's "
+                f"{carried_source.removeprefix('checkpoint:')} says {theirs}: send a config "
+                "that agrees with it, or none",
+                code="config_conflict",
+            )

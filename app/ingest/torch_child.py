@@ -26,6 +26,7 @@ from typing import Any, Literal, TextIO
 import torch
 from safetensors.torch import save_file
 
+from app.ingest.model_config import CHECKPOINT_CONFIG_KEYS
 from app.ingest.torch_pickle import (
     MODEL_FILE,
     OPTIMIZER_FILE,
@@ -38,7 +39,7 @@ JsonScalar = bool | int | float | str | None
 
 MODEL_KEYS = ("model_state_dict", "state_dict", "model")
 OPTIMIZER_KEYS = ("optimizer_state_dict", "optimizer", "optim")
-STEP_KEYS = ("global_step", "step")
+STEP_KEYS = ("global_step", "step", "iter_num")  # iter_num: nanoGPT
 SAFETENSORS_METADATA = {"format": "pt"}
 
 # Float state_dict entries that are well-known buffers, not parameters (see check_resumable).
@@ -53,6 +54,8 @@ _MAX_STRING_CHARS = 1000
 _MAX_LIST_ITEMS = 16
 # Rough per-tensor size of a safetensors header entry besides its name.
 _HEADER_BYTES_PER_TENSOR = 96
+_MAX_CONFIG_ENTRIES = 200
+_MAX_CONFIG_STRING_CHARS = 200
 
 
 class Rejection(Exception):
@@ -131,7 +134,13 @@ def run(src: Path, out_dir: Path, options: ChildOptions) -> dict[str, Any]:
         raise Rejection(
             "torch_load_failed", f"Could not convert the loaded checkpoint: {_describe(exc)}"
         ) from exc
-    return {"ok": True, "kind": conversion.kind, "files": files, "tied": conversion.tied}
+    return {
+        "ok": True,
+        "kind": conversion.kind,
+        "files": files,
+        "tied": conversion.tied,
+        "configs": carried_configs(checkpoint),
+    }
 
 
 def load_weights_only(src: Path) -> Any:
@@ -690,6 +699,55 @@ def _extra_scalars(
         elif len(ignored) < _MAX_EXTRA_KEYS:
             ignored.append(name)
     return extra, ignored
+
+
+# --- a config carried in the checkpoint ------------------------------------------------------
+
+
+def carried_configs(checkpoint: Any) -> dict[str, dict[str, Any]]:
+    """The JSON-safe part of each dict under a config key (model_args, config, ...).
+
+    Only scalars, short lists of scalars and one level of nested dicts of those are kept, and
+    few of them: the parent decides which (if any) describes the model and validates it.
+    """
+    if not isinstance(checkpoint, dict):
+        return {}
+    configs: dict[str, dict[str, Any]] = {}
+    for key in CHECKPOINT_CONFIG_KEYS:
+        value = checkpoint.get(key)
+        if isinstance(value, dict):
+            configs[key] = _json_mapping(value, nested=True)
+    return configs
+
+
+def _json_mapping(mapping: dict[Any, Any], *, nested: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if len(out) == _MAX_CONFIG_ENTRIES:
+            break
+        if not isinstance(key, str) or len(key) > _MAX_CONFIG_STRING_CHARS:
+            continue
+        if isinstance(value, dict) and nested:
+            out[key] = _json_mapping(value, nested=False)
+        elif _config_scalar(value):
+            out[key] = _json_scalar(value)
+        elif _config_list(value):
+            out[key] = [_json_scalar(item) for item in value]
+    return out
+
+
+def _config_list(value: Any) -> bool:
+    return (
+        isinstance(value, list | tuple)
+        and len(value) <= _MAX_LIST_ITEMS
+        and all(_config_scalar(item) for item in value)
+    )
+
+
+def _config_scalar(value: Any) -> bool:
+    if isinstance(value, str):
+        return len(value) <= _MAX_CONFIG_STRING_CHARS
+    return _is_json_scalar_value(value)
 
 
 # --- conversion ------------------------------------------------------------------------------

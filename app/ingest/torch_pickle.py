@@ -21,11 +21,12 @@ import signal
 import subprocess
 import sys
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from app.errors import RejectedCheckpoint
+from app.ingest.model_config import CHECKPOINT_CONFIG_KEYS
 from app.ingest.types import IngestLimits
 
 logger = logging.getLogger(__name__)
@@ -98,6 +99,8 @@ class TorchConversion:
     files: list[Path]
     tied: dict[str, str]
     training: dict[str, Any] | None
+    # config key -> the JSON-safe values the child read there (untrusted: validate before use)
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -420,7 +423,18 @@ def _conversion_from_result(result: dict[str, Any], out_dir: Path) -> TorchConve
         raise _protocol_error("unexpected or absent output files")
     training = _read_training_summary(out_dir / TRAINING_FILE) if kind == "training" else None
     files = [out_dir / name for name in OUTPUT_FILES if name in names]
-    return TorchConversion(kind=kind, files=files, tied=dict(tied), training=training)
+    configs = _carried_configs(result.get("configs", {}))
+    return TorchConversion(
+        kind=kind, files=files, tied=dict(tied), training=training, configs=configs
+    )
+
+
+def _carried_configs(value: Any) -> dict[str, dict[str, Any]]:
+    if not isinstance(value, dict) or not all(
+        key in CHECKPOINT_CONFIG_KEYS and isinstance(config, dict) for key, config in value.items()
+    ):
+        raise _protocol_error("malformed configs")
+    return {str(key): dict(config) for key, config in value.items()}
 
 
 def _read_training_summary(path: Path) -> dict[str, Any]:

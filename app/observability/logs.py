@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import warnings
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -17,6 +19,10 @@ from app.observability.request_id import current_request_id
 ACCESS_LOGGER = "app.access"
 ACCESS_FIELDS = ("method", "path", "status", "duration_ms")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+# Libraries whose INFO lines are not events: alembic announces its plugins and dialect at every
+# schema check (the migrations `ckpt migrate` applies are logged by app.db.migrate).
+LIBRARY_LEVELS = {"alembic": logging.WARNING}
+WARNINGS_LOGGER = "py.warnings"
 
 
 class RequestIdFilter(logging.Filter):
@@ -58,4 +64,24 @@ def configure_logging(log_format: Literal["text", "json"], level: str) -> None:
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level)
-    logging.captureWarnings(True)  # library warnings become log lines (JSON ones when asked)
+    for name, library_level in LIBRARY_LEVELS.items():
+        logging.getLogger(name).setLevel(library_level)
+    # Read when huggingface_hub is first imported (later, lazily): without it every
+    # from_pretrained draws a tqdm bar ("Loading weights") across the log.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.showwarning = log_warning  # library warnings become log lines, one each
+
+
+def log_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    """One log line per warning: category, message and where it was raised (no source line)."""
+    text = " ".join(str(message).split())
+    logging.getLogger(WARNINGS_LOGGER).warning(
+        "%s: %s (%s:%d)", category.__name__, text, filename, lineno
+    )

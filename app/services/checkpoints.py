@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +23,7 @@ from app.ingest.inspect import Inspection, inspect_upload
 from app.ingest.spool import SpooledUpload
 from app.ingest.summary import parameter_stats, weights_digest
 from app.ingest.types import IngestLimits, TensorRecord
+from app.services.eviction import DeletedCheckpoint, checkpoints_in_use
 from app.services.verifications import default_request, schedule_verification
 from app.services.views import CheckpointPage, CheckpointView, TensorList, TensorView
 from app.storage.base import BlobStorage
@@ -63,14 +65,17 @@ class CheckpointService:
         self.store = store
         self.limits = limits
         self.job_max_attempts = job_max_attempts
+        # Called after a deletion commits (the generation cache evicts the model, its folder goes)
+        self.on_deleted: list[Callable[[DeletedCheckpoint], None]] = []
 
     # -- ingest ---------------------------------------------------------------------------------
 
     def ingest(self, request: UploadRequest) -> tuple[CheckpointView, bool]:
-        """Store an upload; returns (checkpoint, created). Always consumes the spooled file."""
-        check_name(request.name)
+        """Store an upload; returns (checkpoint, created). Always consumes the spooled file,
+        whatever refuses the upload (its name included)."""
         try:
-            existing = self._same_upload(request.name, request.spooled.sha256)
+            check_name(request.name)
+            existing = self._same_upload(request.name, request.spooled.sha256, request.config)
             if existing is not None:
                 return existing, False
             with self.store.workdir() as workdir:
@@ -81,11 +86,18 @@ class CheckpointService:
         finally:
             request.spooled.path.unlink(missing_ok=True)
 
-    def _same_upload(self, name: str, sha256: str) -> CheckpointView | None:
+    def _same_upload(
+        self, name: str, sha256: str, config: dict[str, Any] | None = None
+    ) -> CheckpointView | None:
+        """The version already holding these bytes under this name; refused when the upload's
+        config contradicts that version's (the bytes alone are not the model)."""
         with self.db.reading() as session:
             repo = CheckpointRepository(session)
             row = repo.find_same_upload(name, sha256)
-            return _views(repo, [row])[0] if row else None
+            if row is None:
+                return None
+            _check_same_config(row, config)
+            return _views(repo, [row])[0]
 
     def _store(self, request: UploadRequest, inspection: Inspection) -> tuple[CheckpointView, bool]:
         added: set[str] = set()
@@ -212,12 +224,15 @@ class CheckpointService:
                 row = repo.require(ref)
                 digests = {row.sha256} | {f.sha256 for f in row.files}
                 name, was_latest = row.name, LATEST in {a.alias for a in row.aliases}
+                deleted = DeletedCheckpoint(row.id, in_use=row.id in checkpoints_in_use(session))
                 session.delete(row)
                 session.flush()
                 if was_latest and (newest := repo.newest(name)) is not None:
                     repo.set_alias(name, LATEST, newest.id)
                 update_best_alias(repo, name)
             self._drop_unreferenced(digests)
+        for listener in self.on_deleted:
+            listener(deleted)
 
     # -- maintenance ----------------------------------------------------------------------------
 
@@ -338,3 +353,17 @@ def _decode_cursor(cursor: str | None) -> tuple[datetime, str] | None:
         return datetime.fromisoformat(stamp), checkpoint_id
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput("invalid cursor", code="invalid_cursor") from exc
+
+
+def _check_same_config(row: Checkpoint, config: dict[str, Any] | None) -> None:
+    stored, given = row.config or {}, config or {}
+    # Keys the stored config lacks (an inferred one has only the shape fields) say nothing new.
+    differing = sorted(key for key in given.keys() & stored.keys() if stored[key] != given[key])
+    if differing:
+        shown = ", ".join(f"{key} {stored.get(key)!r} vs {given[key]!r}" for key in differing[:5])
+        raise Conflict(
+            f"{row.name}@{row.version} already holds these exact bytes with another config "
+            f"({shown}); delete that version, or upload under another name, to store them "
+            "with this config",
+            code="config_differs",
+        )

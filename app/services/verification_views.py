@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
 from app.db.models import Checkpoint, Verification
+from app.services.views import UtcDateTime
 
 CheckName = Literal[
     "integrity", "round_trip", "load", "equivalence", "stability", "weights", "resumability"
@@ -53,10 +53,16 @@ class CheckpointRef(BaseModel):
 
 class VerificationView(BaseModel):
     id: str
-    status: str = Field(description="queued, running, passed, failed or error")
+    status: str = Field(description="queued, running, passed, failed, inconclusive or error")
+    summary: dict[str, Any] | None = Field(
+        None,
+        description="the verdict in one `line`, the checkpoint's `kind`, the checks that apply, "
+        "were `checked` and were not (`not_checked`, with reasons), `complete`, and the "
+        "`reasons` a report is not passed",
+    )
     checkpoint: CheckpointRef
-    created_at: datetime
-    finished_at: datetime | None
+    created_at: UtcDateTime
+    finished_at: UtcDateTime | None
     request: dict[str, Any]
     device: str | None = None
     library_versions: dict[str, str] | None = None
@@ -70,6 +76,7 @@ class VerificationView(BaseModel):
         return cls(
             id=row.id,
             status=row.status,
+            summary=report.get("summary"),
             checkpoint=CheckpointRef(
                 id=checkpoint.id, name=checkpoint.name, version=checkpoint.version
             ),

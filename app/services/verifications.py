@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from app.db.engine import Database
 from app.db.models import Checkpoint, Verification
 from app.db.repositories import CheckpointRepository
-from app.errors import NotFound
+from app.errors import InvalidInput, NotFound, UnprocessableRequest
 from app.jobs.queue import enqueue
 from app.services.verification_views import (
     VerificationList,
@@ -18,6 +18,8 @@ from app.services.verification_views import (
     VerificationView,
 )
 from app.verify.reference_outputs import parse_reference_outputs
+from app.verify.runner import check_inputs_fit
+from app.worker.device import check_device_setting
 
 VERIFY_JOB = "verify"
 
@@ -53,16 +55,23 @@ class VerificationService:
         self.max_attempts = max_attempts
 
     def request(self, ref: str, body: VerificationRequest) -> VerificationView:
+        """Everything the worker would refuse is refused here, before anything is queued."""
+        _check_device(body.device)
         outputs = None
+        document_inputs = None
         if body.reference is not None and body.reference.outputs is not None:
-            parse_reference_outputs(body.reference.outputs)  # reject a malformed document now
+            # reject a malformed document now
+            document_inputs = parse_reference_outputs(body.reference.outputs).inputs
             outputs = body.reference.outputs
+        inputs = document_inputs or [list(ids) for ids in body.token_ids or []]
         with self.db.transaction() as session:
             repo = CheckpointRepository(session)
             checkpoint = repo.require(ref)
+            _check_inputs(inputs, checkpoint)
             stored = body.model_dump(mode="json", exclude_none=True)
             if body.reference is not None and body.reference.checkpoint is not None:
                 reference = repo.require(body.reference.checkpoint)
+                _check_inputs(inputs, reference)
                 stored["reference"] = {"checkpoint": reference.id}
             elif outputs is not None:
                 stored["reference"] = {"outputs": "uploaded reference outputs document"}
@@ -95,3 +104,21 @@ class VerificationService:
                 .order_by(Verification.created_at.desc(), Verification.id)
             ).all()
             return VerificationList(items=[VerificationView.of(r, checkpoint) for r in rows])
+
+
+def _check_device(device: str) -> None:
+    try:
+        check_device_setting(device)
+    except InvalidInput as exc:
+        raise UnprocessableRequest(exc.message, code="invalid_device") from exc
+
+
+def _check_inputs(inputs: list[list[int]], checkpoint: Checkpoint) -> None:
+    """Token ids the checkpoint's model cannot take (out of its vocabulary, past its context)."""
+    try:
+        check_inputs_fit(inputs, checkpoint.architecture)
+    except ValueError as exc:
+        raise UnprocessableRequest(
+            f"token_ids do not fit {checkpoint.name}@{checkpoint.version}: {exc}",
+            code="invalid_token_ids",
+        ) from exc

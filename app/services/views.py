@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
-from app.db.models import Checkpoint, TensorRow
+from app.db.models import Checkpoint, TensorRow, as_utc
+
+# Every datetime a view hands out: aware UTC, so the API writes ISO 8601 ending in `Z` (the
+# columns read back aware already; this covers views built from in-memory values too).
+UtcDateTime = Annotated[datetime, AfterValidator(as_utc)]
 
 
 class FileView(BaseModel):
@@ -23,11 +27,12 @@ class CheckpointView(BaseModel):
     version: int
     ref: str = Field(description="name@version")
     aliases: list[str]
-    status: str
-    error: str | None
+    status: Literal["ready"] = Field(
+        description="always ready: a checkpoint is stored only once its upload was inspected"
+    )
     format: str
     filename: str | None
-    created_at: datetime
+    created_at: UtcDateTime
     size_bytes: int
     uncompressed_bytes: int
     compression_ratio: float
@@ -55,8 +60,7 @@ class CheckpointView(BaseModel):
             version=row.version,
             ref=f"{row.name}@{row.version}",
             aliases=[a.alias for a in row.aliases],
-            status=row.status,
-            error=row.error,
+            status="ready",
             format=row.format,
             filename=row.filename,
             created_at=row.created_at,

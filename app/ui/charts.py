@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 BAR_HEIGHT = 16
@@ -16,7 +16,9 @@ LABEL_WIDTH = 300
 PLOT_WIDTH = 420
 VALUE_WIDTH = 200
 MAX_LABEL_CHARS = 44
-LINE_WIDTH, LINE_HEIGHT, LINE_MARGIN = 640, 300, 48
+LINE_WIDTH, LINE_HEIGHT = 1000, 360
+TICK_CHAR_WIDTH = 7  # px per character of an 11px tick label, generously
+MAX_X_TICKS = 12
 _DIGITS = re.compile(r"(\d+)")
 
 
@@ -64,14 +66,20 @@ class Tick:
 
 @dataclass(frozen=True)
 class LineChart:
+    """Drawn in a viewBox of width × height that the page stretches to its full width."""
+
     width: int
     height: int
-    margin: int
+    left: float  # the plot's edges: room for the tick labels outside them
+    right: float
+    top: float
+    bottom: float
     series: list[Series]
     x_ticks: list[Tick]
     y_ticks: list[Tick]
     marker: Point | None
     marker_label: str
+    marker_anchor: str  # "start", or "end" where the label would run past the right edge
 
 
 def natural_key(text: str) -> list[int | str]:
@@ -113,47 +121,111 @@ def line_chart(
     marked: tuple[float, float] | None = None,
     marker_label: str = "",
 ) -> LineChart:
-    """Lines over a shared x axis (e.g. epochs); `marked` gets a ring and a label."""
+    """Lines over a shared x axis (e.g. epochs); `marked` gets a ring and a label.
+
+    Both axes run between round tick values ("nice numbers"), so every point lies inside them.
+    """
     points = [point for values in series.values() for point in values]
     if marked is not None:
         points.append(marked)
     xs, ys = [x for x, _ in points] or [0.0], [y for _, y in points] or [0.0]
-    scale = _Scale(min(xs), max(xs), min(ys), max(ys))
+    x_values = _x_ticks(xs)
+    y_values = nice_ticks(min(ys), max(ys))
+    left = 24 + TICK_CHAR_WIDTH * max(len(label) for label in tick_labels(y_values))
+    scale = _Scale(
+        (left, LINE_WIDTH - 24, 28, LINE_HEIGHT - 44),
+        (x_values[0], x_values[-1], y_values[0], y_values[-1]),
+    )
     drawn = [
         _series(name, f"series-{index}", values, scale)
         for index, (name, values) in enumerate(series.items())
         if values
     ]
+    marker = scale.point(*marked) if marked is not None else None
+    label_end = (marker.px if marker else 0) + 12 + TICK_CHAR_WIDTH * len(marker_label)
     return LineChart(
         width=LINE_WIDTH,
         height=LINE_HEIGHT,
-        margin=LINE_MARGIN,
+        left=scale.left,
+        right=scale.right,
+        top=scale.top,
+        bottom=scale.bottom,
         series=drawn,
-        x_ticks=[Tick(scale.px(x), f"{x:g}") for x in sorted(set(xs))][:20],
-        y_ticks=[Tick(scale.py(y), short_number(y)) for y in scale.y_ticks()],
-        marker=scale.point(*marked) if marked is not None else None,
+        x_ticks=_ticks(scale.px, x_values),
+        y_ticks=_ticks(scale.py, y_values),
+        marker=marker,
         marker_label=marker_label,
+        marker_anchor="end" if label_end > LINE_WIDTH else "start",
     )
 
 
+def _ticks(position: Callable[[float], float], values: list[float]) -> list[Tick]:
+    return [Tick(position(v), label) for v, label in zip(values, tick_labels(values), strict=True)]
+
+
+def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
+    """Round values covering [low, high], about `count` of them, 1, 2, 2.5 or 5 × 10^k apart."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return [0.0, 1.0]
+    if high == low:
+        low, high = (low - 1, high + 1) if low == 0 else (low - abs(low) / 2, high + abs(high) / 2)
+    step = _nice_step((high - low) / max(count - 1, 1))
+    first, last = math.floor(low / step), math.ceil(high / step)
+    return [_round(index * step, step) for index in range(first, last + 1)]
+
+
+def tick_labels(values: list[float]) -> list[str]:
+    """Every label with the decimals the step between ticks needs, no more."""
+    decimals = next(
+        (
+            d
+            for d in range(10)
+            if all(abs(round(v, d) - v) <= 1e-9 * max(1, abs(v)) for v in values)
+        ),
+        10,
+    )
+    return [f"{value:,.{decimals}f}" for value in values]
+
+
+def _exact(value: float, decimals: int) -> bool:
+    return abs(round(value, decimals) - value) <= 1e-9 * max(1.0, abs(value))
+
+
+def _x_ticks(xs: list[float]) -> list[float]:
+    """Each whole x (epoch) while there are few of them, else nice ticks over the range."""
+    low, high = min(xs), max(xs)
+    if all(float(x).is_integer() for x in xs) and high - low + 1 <= MAX_X_TICKS and high > low:
+        return [float(x) for x in range(int(low), int(high) + 1)]
+    return nice_ticks(low, high, count=8)
+
+
+def _nice_step(raw: float) -> float:
+    magnitude = 10.0 ** math.floor(math.log10(raw))
+    return next(m * magnitude for m in (1, 2, 2.5, 5, 10) if raw <= m * magnitude * (1 + 1e-9))
+
+
+def _round(value: float, step: float) -> float:
+    """Cancel float noise (0.30000000000000004) at a precision finer than the step."""
+    return round(value, max(0, 2 - math.floor(math.log10(step))))
+
+
 class _Scale:
-    def __init__(self, x_min: float, x_max: float, y_min: float, y_max: float) -> None:
+    def __init__(
+        self, box: tuple[float, float, float, float], domain: tuple[float, float, float, float]
+    ) -> None:
+        self.left, self.right, self.top, self.bottom = box
+        x_min, x_max, y_min, y_max = domain
         self.x_min, self.x_span = x_min, (x_max - x_min) or 1.0
         self.y_min, self.y_span = y_min, (y_max - y_min) or 1.0
 
     def px(self, x: float) -> float:
-        inner = LINE_WIDTH - 2 * LINE_MARGIN
-        return round(LINE_MARGIN + (x - self.x_min) / self.x_span * inner, 2)
+        return round(self.left + (x - self.x_min) / self.x_span * (self.right - self.left), 2)
 
     def py(self, y: float) -> float:
-        inner = LINE_HEIGHT - 2 * LINE_MARGIN
-        return round(LINE_HEIGHT - LINE_MARGIN - (y - self.y_min) / self.y_span * inner, 2)
+        return round(self.bottom - (y - self.y_min) / self.y_span * (self.bottom - self.top), 2)
 
     def point(self, x: float, y: float) -> Point:
         return Point(x, y, self.px(x), self.py(y), f"{x:g}: {short_number(y)}")
-
-    def y_ticks(self, count: int = 5) -> list[float]:
-        return [self.y_min + self.y_span * step / (count - 1) for step in range(count)]
 
 
 def _series(name: str, css_class: str, values: list[tuple[float, float]], scale: _Scale) -> Series:

@@ -9,8 +9,10 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 
 from app.api.deps import CheckpointsDep, DiffsDep, GenerationDep, VerificationsDep
 from app.api.wire import _TranslatingRoute
-from app.errors import AppError, NotFound
+from app.display import training_rows
+from app.errors import AppError, Conflict, NotFound
 from app.services.checkpoints import MAX_PAGE, CheckpointService
+from app.services.generation import GenerationCatalog
 from app.services.views import CheckpointView
 from app.ui.charts import line_chart
 from app.ui.report import frobenius_chart, layer_chart
@@ -54,7 +56,10 @@ def checkpoints_page(
 
 @router.get("/checkpoints/{ref}")
 def checkpoint_page(
-    ref: str, checkpoints: CheckpointsDep, verifications: VerificationsDep
+    ref: str,
+    checkpoints: CheckpointsDep,
+    verifications: VerificationsDep,
+    generation: GenerationDep,
 ) -> HTMLResponse:
     view = checkpoints.get(ref)
     return _page(
@@ -63,7 +68,19 @@ def checkpoint_page(
         checkpoint=view,
         tensors=checkpoints.tensors(view.id).tensors,
         verifications=verifications.list_for(view.id).items,
+        not_servable=_serving_problem(generation.catalog, view.id),
+        training_rows=training_rows(view.training) if view.training else [],
+        raw_json=view.model_dump_json(indent=2),
     )
+
+
+def _serving_problem(catalog: GenerationCatalog, checkpoint_id: str) -> str | None:
+    """Why the checkpoint cannot generate text (None when the Playground can serve it)."""
+    try:
+        catalog.resolve(checkpoint_id)
+    except Conflict as exc:
+        return exc.message
+    return None
 
 
 @router.get("/verifications/{verification_id}")

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.display import key_figure
 from app.ui.charts import BarChart, horizontal_bars, natural_key, short_number
 
 ACTIVE_STATUSES = ("queued", "running")
@@ -32,6 +33,25 @@ class Continuation:
     first_divergent_step: int | None
     subject: list[Token]
     reference: list[Token]
+    as_text: bool  # decoded by the checkpoint's tokenizer; token ids where it has none
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    """One line of the verdict summary: a check, its status, key figure and threshold."""
+
+    name: str
+    status: str
+    figure: str
+    threshold: str
+    source: str | None
+
+
+@dataclass(frozen=True)
+class Threshold:
+    name: str
+    value: Any
+    source: str | None
 
 
 @dataclass
@@ -41,13 +61,37 @@ class CheckPanel:
     detail: str | None
     seconds: Any
     metrics: dict[str, Any]
-    thresholds: dict[str, Any]
+    thresholds: list[Threshold]
     charts: list[tuple[str, BarChart]] = field(default_factory=list)
     continuations: list[Continuation] = field(default_factory=list)
 
 
 def check_panels(report: dict[str, Any]) -> list[CheckPanel]:
-    return [_panel(check) for check in report.get("checks") or [] if isinstance(check, dict)]
+    return [_panel(check) for check in _checks(report)]
+
+
+def summary_rows(report: dict[str, Any]) -> list[SummaryRow]:
+    rows = []
+    for check in _checks(report):
+        figure = key_figure(check)
+        status = str(check.get("status") or "unknown")
+        name = str(check.get("name") or "check")
+        rows.append(SummaryRow(name, status, figure.figure, figure.threshold, figure.source))
+    return rows
+
+
+def summary_line(report: dict[str, Any]) -> str | None:
+    """The report's verdict in words: its summary's line, or a reason it gives."""
+    summary = report.get("summary")
+    if isinstance(summary, dict):
+        line = summary.get("line") or summary.get("reason")
+    else:
+        line = summary or report.get("reason")
+    return str(line) if line else None
+
+
+def _checks(report: dict[str, Any]) -> list[dict[str, Any]]:
+    return [check for check in report.get("checks") or [] if isinstance(check, dict)]
 
 
 def report_title(report: dict[str, Any]) -> str:
@@ -89,13 +133,26 @@ def _panel(check: dict[str, Any]) -> CheckPanel:
         detail=str(check["detail"]) if check.get("detail") else None,
         seconds=check.get("seconds"),
         metrics=metrics,
-        thresholds=dict(check.get("thresholds") or {}),
+        thresholds=_thresholds(check.get("thresholds")),
     )
     if panel.name == "weights":
         _weights_chart(panel)
     elif panel.name == "equivalence" and isinstance(metrics.get("per_prompt"), list):
         _equivalence_views(panel, [e for e in metrics.pop("per_prompt") if isinstance(e, dict)])
     return panel
+
+
+def _thresholds(thresholds: Any) -> list[Threshold]:
+    """Each threshold with where it came from (`sources`, when the report records them)."""
+    if not isinstance(thresholds, dict):
+        return []
+    sources = thresholds.get("sources")
+    sources = sources if isinstance(sources, dict) else {}
+    return [
+        Threshold(name, value, str(sources[name]) if sources.get(name) else None)
+        for name, value in thresholds.items()
+        if name != "sources"
+    ]
 
 
 def _weights_chart(panel: CheckPanel) -> None:
@@ -147,15 +204,21 @@ def _continuation(entry: dict[str, Any]) -> Continuation:
         first_divergent_step=step,
         subject=_tokens(entry, "subject", step),
         reference=_tokens(entry, "reference", step),
+        as_text=_has_pieces(entry, "subject") and _has_pieces(entry, "reference"),
     )
+
+
+def _has_pieces(entry: dict[str, Any], side: str) -> bool:
+    pieces, ids = entry.get(f"{side}_pieces"), entry.get(f"{side}_continuation") or []
+    return isinstance(pieces, list) and len(pieces) == len(ids)
 
 
 def _tokens(entry: dict[str, Any], side: str, step: int | None) -> list[Token]:
     """The continuation token by token; the first divergent token marked, the rest dimmed."""
     ids = entry.get(f"{side}_continuation") or []
-    pieces = entry.get(f"{side}_pieces")
-    if not isinstance(pieces, list) or len(pieces) != len(ids):
-        pieces = [f"[{token}]" for token in ids]
+    pieces = entry.get(f"{side}_pieces") if _has_pieces(entry, side) else None
+    if pieces is None:
+        pieces = [str(token) for token in ids]
     tokens = [
         Token(str(piece), token, _token_css(position, step))
         for position, (piece, token) in enumerate(zip(pieces, ids, strict=True))

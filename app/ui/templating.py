@@ -3,19 +3,36 @@
 from __future__ import annotations
 
 import json
+import re
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader
 
-from app.ui.report import ACTIVE_STATUSES, check_panels, report_title
+from app.display import (
+    binary_size,
+    compact,
+    duration,
+    is_compact,
+    iso_utc,
+    number,
+    shape,
+    timestamp,
+)
+from app.ui.report import (
+    ACTIVE_STATUSES,
+    check_panels,
+    report_title,
+    summary_line,
+    summary_rows,
+)
 
 UI_DIR = Path(__file__).resolve().parent
 TEMPLATE_DIR = UI_DIR / "templates"
 STATIC_DIR = UI_DIR / "static"
 MAX_VALUE_CHARS = 2000
-STATUS_CLASSES = {"passed", "failed", "error", "not_applicable", "queued", "running", "ready"}
+_CSS_SAFE = re.compile(r"[^a-z0-9_-]+")
 
 
 @cache
@@ -27,7 +44,15 @@ def environment() -> Environment:
         lstrip_blocks=True,
     )
     env.filters.update(
-        number=format_number, size=format_size, value=format_value, status_class=status_class
+        number=number,
+        size=binary_size,
+        duration=duration,
+        shape=shape,
+        when=timestamp,
+        iso=iso_utc,
+        fits_on_a_line=is_compact,
+        value=format_value,
+        status_class=status_class,
     )
     env.globals["inline_css"] = inline_css
     return env
@@ -52,40 +77,21 @@ def report_context(report: dict[str, Any]) -> dict[str, Any]:
         "report": report,
         "title": report_title(report),
         "panels": check_panels(report),
+        "summary_rows": summary_rows(report),
+        "summary_line": summary_line(report),
         "active": report.get("status") in ACTIVE_STATUSES,
     }
 
 
-def format_number(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return json.dumps(value)
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
-
-
-def format_size(value: Any) -> str:
-    if not isinstance(value, int | float):
-        return "—"
-    size = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
 def format_value(value: Any) -> str:
-    """A metric for a table cell: numbers compact, structures as indented JSON, capped."""
-    if isinstance(value, int | float | bool) or value is None:
-        return format_number(value)
-    text = value if isinstance(value, str) else json.dumps(value, indent=1, default=str)
+    """A metric for a table cell: one line where it fits (`[3, 512]`), else indented JSON."""
+    if isinstance(value, str) or is_compact(value):
+        text = compact(value)
+    else:
+        text = json.dumps(value, indent=1, default=str, ensure_ascii=False)
     return text if len(text) <= MAX_VALUE_CHARS else text[:MAX_VALUE_CHARS] + " …"
 
 
 def status_class(status: Any) -> str:
-    return f"status-{status}" if status in STATUS_CLASSES else "status-other"
+    """`status-<name>` for any status, so a new one gets its own class without a change here."""
+    return "status-" + (_CSS_SAFE.sub("-", str(status).lower()) or "unknown")

@@ -6,16 +6,21 @@ and caches forward passes, so checks that need the same outputs never compute th
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+
+from app.ingest.types import IngestLimits
 
 if TYPE_CHECKING:
     import torch
 
     from app.services.views import CheckpointView, TensorView
 
-CheckStatus = Literal["passed", "failed", "not_applicable", "error"]
+# inconclusive: the check ran but its verdict rests on an assumption (an inferred head count),
+# or a report could not run a check it was asked for; neither passed nor failed.
+CheckStatus = Literal["passed", "failed", "inconclusive", "not_applicable", "error"]
 CHECK_NAMES = (
     "integrity",
     "round_trip",
@@ -38,8 +43,8 @@ class CheckResult:
 
     @property
     def passed(self) -> bool | None:
-        """True/False for a verdict; None when the check did not apply."""
-        if self.status == "not_applicable":
+        """True/False for a verdict; None when the check did not apply or was inconclusive."""
+        if self.status in ("not_applicable", "inconclusive"):
             return None
         return self.status == "passed"
 
@@ -63,20 +68,46 @@ def verdict(name: str, ok: bool, **fields: Any) -> CheckResult:
     return CheckResult(name, "passed" if ok else "failed", **fields)
 
 
+_EXACT_DTYPES = ("float32", "float64")
+TOLERANCE_FIELDS = ("max_abs_logit", "min_top1_agreement", "max_kl", "max_variance")
+REQUESTED = "requested"
+
+
 @dataclass(frozen=True)
 class Tolerance:
-    """Thresholds of the output checks; defaults depend on dtype and device (see defaults())."""
+    """Thresholds of the output checks; defaults depend on dtype and device (see defaults()).
+
+    `sources` says where each threshold came from: "requested", or the default it fell back to.
+    """
 
     max_abs_logit: float
     min_top1_agreement: float
     max_kl: float
     max_variance: float
+    sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     @classmethod
     def defaults(cls, *, same_device: bool, dtype: str) -> Tolerance:
-        if dtype in ("float32", "float64") and same_device:
-            return cls(max_abs_logit=1e-5, min_top1_agreement=1.0, max_kl=1e-6, max_variance=0.0)
-        return cls(max_abs_logit=1e-2, min_top1_agreement=0.99, max_kl=1e-3, max_variance=1e-6)
+        where = "same" if same_device else "other"
+        sources = dict.fromkeys(TOLERANCE_FIELDS, f"default for {dtype} on {where} device")
+        if dtype in _EXACT_DTYPES and same_device:
+            return cls(1e-5, 1.0, 1e-6, 0.0, sources)
+        return cls(1e-2, 0.99, 1e-3, 1e-6, sources)
+
+    def overridden(self, requested: Mapping[str, float]) -> Tolerance:
+        """These thresholds with the requested ones in their place; the others stay as they are."""
+        values = {name: requested.get(name, getattr(self, name)) for name in TOLERANCE_FIELDS}
+        sources = {
+            name: REQUESTED if name in requested else self.sources.get(name, "")
+            for name in TOLERANCE_FIELDS
+        }
+        return Tolerance(**values, sources=sources)
+
+    def thresholds(self, *names: str) -> dict[str, Any]:
+        """The named thresholds for a check's report, with where each one came from."""
+        return {name: getattr(self, name) for name in names} | {
+            "sources": {name: self.sources.get(name, "") for name in names}
+        }
 
 
 @dataclass(frozen=True)
@@ -84,7 +115,7 @@ class VerifyOptions:
     checks: tuple[str, ...]
     prompts: tuple[str, ...] | None = None
     token_ids: tuple[tuple[int, ...], ...] | None = None
-    tolerance: Tolerance | None = None
+    tolerance: Mapping[str, float] | None = None  # the requested thresholds only
     repeats: int = 3
     max_new_tokens: int = 32
 
@@ -125,19 +156,35 @@ class CheckContext:
     reference: LoadedCheckpoint | None = None
     reference_outputs: dict[str, Any] | None = None
     blob_path: Any = None  # Callable[[str], Path]: sha256 -> stored blob
+    limits: IngestLimits = field(default_factory=IngestLimits)  # the server's, for re-scans
     cache: dict[str, Any] = field(default_factory=dict)
 
-    def tolerance(self) -> Tolerance:
-        """The request's tolerance, else the default for this dtype and pair of devices.
+    def tolerance(self, *, same_device: bool | None = None) -> Tolerance:
+        """The requested thresholds; each one not requested takes this comparison's default.
 
-        A reference checkpoint is loaded on the same device as the subject; an outputs document
-        says where it was recorded, and another device type gets the looser defaults.
+        The default depends on the pair of devices and the least precise dtype compared. A
+        reference checkpoint is loaded on the subject's device; an outputs document says where
+        it was recorded. `same_device=True` is for comparisons of this device with itself.
         """
-        if self.options.tolerance is not None:
-            return self.options.tolerance
-        dtype = next(iter(self.subject.view.parameters_by_dtype), "float32")
-        same_device = True
-        if self.reference is None and self.reference_outputs is not None:
-            recorded_on = str(self.reference_outputs.get("device", "cpu")).split(":")[0]
-            same_device = recorded_on == self.device.type
-        return Tolerance.defaults(same_device=same_device, dtype=dtype)
+        if same_device is None:
+            same_device = self._reference_device() in (None, self.device.type)
+        defaults = Tolerance.defaults(same_device=same_device, dtype=self._compared_dtype())
+        return defaults.overridden(self.options.tolerance or {})
+
+    def _reference_device(self) -> str | None:
+        if self.reference is not None or self.reference_outputs is None:
+            return None
+        return str(self.reference_outputs.get("device", "cpu")).split(":")[0]
+
+    def _compared_dtype(self) -> str:
+        dtypes = [_main_dtype(self.subject.view.parameters_by_dtype)]
+        if self.reference is not None:
+            dtypes.append(_main_dtype(self.reference.view.parameters_by_dtype))
+        elif self.reference_outputs is not None:
+            dtypes.append(str(self.reference_outputs.get("dtype") or "float32"))
+        return next((d for d in dtypes if d not in _EXACT_DTYPES), dtypes[0])
+
+
+def _main_dtype(parameters_by_dtype: Mapping[str, int]) -> str:
+    """The dtype holding most parameters (float32 when nothing is recorded)."""
+    return max(parameters_by_dtype, key=lambda d: parameters_by_dtype[d], default="float32")

@@ -28,6 +28,7 @@ from app.verify.forward import (
 from app.verify.reference_outputs import ReferenceOutputs, parse_reference_outputs
 
 NAME = "equivalence"
+ARCHITECTURE_FIELDS = ("model_type", "n_layer", "n_embd", "n_head", "vocab_size", "n_positions")
 _PARSED_DOCUMENT_KEY = "reference_outputs:parsed"
 
 
@@ -47,6 +48,10 @@ class _Reference:
 
 
 def run(ctx: CheckContext) -> CheckResult:
+    return _with_architectures(ctx, _run(ctx))
+
+
+def _run(ctx: CheckContext) -> CheckResult:
     reason = ctx.subject.model_unavailable_reason
     if reason is not None:
         return not_applicable(NAME, f"The model cannot be built: {reason}")
@@ -70,6 +75,52 @@ def run(ctx: CheckContext) -> CheckResult:
 def reference_outputs_of(ctx: CheckContext) -> ReferenceOutputs:
     """The parsed ctx.reference_outputs, parsed once per job (raises InvalidInput)."""
     return cached(ctx, _PARSED_DOCUMENT_KEY, lambda: parse_reference_outputs(ctx.reference_outputs))
+
+
+# --- architectures -------------------------------------------------------------------------
+
+
+def _with_architectures(ctx: CheckContext, result: CheckResult) -> CheckResult:
+    """Compare what both sides say they are first; any difference leads the verdict's message."""
+    if result.status in ("not_applicable", "error"):
+        return result
+    subject = _architecture_fields(ctx.subject.view.architecture)
+    reference = _reference_architecture(ctx)
+    differences = architecture_differences(subject, reference)
+    result.metrics["architectures"] = {"subject": subject, "reference": reference}
+    result.metrics["architecture_differences"] = differences
+    if differences:
+        result.detail = f"The architectures differ ({', '.join(differences)}). {result.detail}"
+    return result
+
+
+def _reference_architecture(ctx: CheckContext) -> dict[str, Any] | None:
+    if ctx.reference is not None:
+        return _architecture_fields(ctx.reference.view.architecture)
+    recorded = (ctx.reference_outputs or {}).get("architecture")
+    return _architecture_fields(recorded) if isinstance(recorded, dict) else None
+
+
+def _architecture_fields(architecture: dict[str, Any] | None) -> dict[str, Any]:
+    known = architecture or {}
+    fields = {name: known.get(name) for name in ARCHITECTURE_FIELDS}
+    fields["inferred"] = bool(known.get("inferred"))
+    return fields
+
+
+def architecture_differences(
+    subject: dict[str, Any], reference: dict[str, Any] | None
+) -> list[str]:
+    """`n_head 1 vs 2` for every field both sides state and disagree on."""
+    if reference is None:
+        return []
+    return [
+        f"{name} {subject[name]} vs {reference[name]}"
+        for name in ARCHITECTURE_FIELDS
+        if subject.get(name) is not None
+        and reference.get(name) is not None
+        and subject[name] != reference[name]
+    ]
 
 
 # --- gathering outputs -----------------------------------------------------------------------
@@ -142,12 +193,8 @@ def _vocab_size(model: Any) -> int | None:
 
 def _compare(ctx: CheckContext, reference: _Reference, subject: _Outputs) -> CheckResult:
     tolerance = ctx.tolerance()
-    thresholds = {
-        "max_abs_logit": tolerance.max_abs_logit,
-        "min_top1_agreement": tolerance.min_top1_agreement,
-        "max_kl": tolerance.max_kl,
-        "greedy_match": True,
-    }
+    thresholds = tolerance.thresholds("max_abs_logit", "min_top1_agreement", "max_kl")
+    thresholds["greedy_match"] = True
     shape_problem = _shape_problem(subject.logits, reference.outputs.logits)
     if shape_problem is not None:
         metrics = {"reference": reference.kind, "prompts": len(reference.inputs)}

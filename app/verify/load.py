@@ -14,7 +14,14 @@ def run(ctx: CheckContext) -> CheckResult:
     reason = ctx.subject.model_unavailable_reason
     if reason:
         return not_applicable(NAME, reason)
-    model = ctx.subject.model()
+    try:
+        model = ctx.subject.model()
+    except Exception as exc:  # the stored files do not make a model: that is this check's verdict
+        return verdict(
+            NAME,
+            False,
+            detail=f"the model does not load from the stored files: {type(exc).__name__}: {exc}",
+        )
     logits = subject_logits(ctx)
     vocab = int(model.config.vocab_size)
     shapes_ok = all(

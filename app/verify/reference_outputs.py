@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.errors import InvalidInput
+from app.errors import AppError, InvalidInput
+from app.ingest.model_config import architecture_from_config
 from app.verify.forward import greedy_continuation, prompt_logits
 
 FORMAT = "ckpt-reference-outputs/1"
@@ -71,6 +72,7 @@ class ReferenceOutputs:
     weights_digest: str | None
     max_new_tokens: int
     prompts: list[ReferencePrompt]
+    architecture: dict[str, Any] | None = None
 
     @property
     def inputs(self) -> list[list[int]]:
@@ -131,6 +133,8 @@ def record_reference_outputs(
         "dtype": str(model.dtype).removeprefix("torch."),
         "library_versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "weights_digest": weights_digest,
+        # What the recording model was, so equivalence can name an architecture difference.
+        "architecture": _recorded_architecture(model.config.to_dict()),
         "max_new_tokens": max_new_tokens,
         "prompts": [
             {
@@ -144,6 +148,13 @@ def record_reference_outputs(
             )
         ],
     }
+
+
+def _recorded_architecture(config: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        return architecture_from_config(config, source="config.json")
+    except AppError:  # a config the registry would refuse: record the outputs all the same
+        return None
 
 
 def _load_tokenizer(model_dir: Path) -> Any | None:
@@ -234,6 +245,7 @@ def parse_reference_outputs(doc: Any) -> ReferenceOutputs:
         weights_digest=_optional_str(document.get("weights_digest"), "weights_digest"),
         max_new_tokens=max_new_tokens,
         prompts=prompts,
+        architecture=_optional_architecture(document.get("architecture")),
     )
 
 
@@ -338,6 +350,21 @@ def _require_ids(value: Any, where: str) -> list[int]:
                 f"{where}[{position}] must be a non-negative integer token id, got {_short(token)}"
             )
     return list(value)
+
+
+def _optional_architecture(value: Any) -> dict[str, Any] | None:
+    """An architecture summary: flat, with scalar values (it is only compared and shown)."""
+    if value is None:
+        return None
+    architecture = _require_mapping(value, "architecture")
+    if len(architecture) > 64:
+        raise _invalid("architecture has more than 64 fields")
+    for key, item in architecture.items():
+        scalar = item is None or isinstance(item, bool | int | float | str)
+        listed = isinstance(item, list) and all(isinstance(x, str) for x in item)
+        if (not scalar and not listed) or len(str(item)) > 256:
+            raise _invalid(f"architecture.{_short(key)} must be a short scalar")
+    return dict(architecture)
 
 
 def _optional_str(value: Any, where: str) -> str | None:

@@ -18,6 +18,7 @@ from app.verify import (
 )
 from app.verify.base import CheckContext, CheckResult, LoadedCheckpoint
 from app.verify.reference_outputs import default_prompts, default_token_ids
+from app.verify.verdicts import Verdict, report_verdict, settle_assumptions
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +43,23 @@ def run_checks(ctx: CheckContext) -> list[CheckResult]:
             log.exception("check %s raised", name)
             result = CheckResult(name, "error", detail=f"{type(exc).__name__}: {exc}")
         result.seconds = time.perf_counter() - started
-        results.append(result)
+        results.append(_settled(result, ctx))
     return results
 
 
-def overall_status(results: list[CheckResult]) -> str:
-    statuses = {r.status for r in results}
-    if "error" in statuses:
-        return "error"
-    return "failed" if "failed" in statuses else "passed"
+def _settled(result: CheckResult, ctx: CheckContext) -> CheckResult:
+    reference = ctx.reference.view.architecture if ctx.reference is not None else None
+    return settle_assumptions(result, ctx.subject.view.architecture, reference)
+
+
+def overall_verdict(
+    results: list[CheckResult], ctx: CheckContext, *, requested: tuple[str, ...] | None
+) -> Verdict:
+    """The report's status and summary (see app.verify.verdicts for the rules)."""
+    has_reference = ctx.reference is not None or ctx.reference_outputs is not None
+    return report_verdict(
+        results, ctx.subject.view, requested=requested, has_reference=has_reference
+    )
 
 
 def choose_inputs(

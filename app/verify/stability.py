@@ -51,13 +51,14 @@ def run(ctx: CheckContext) -> CheckResult:
         "dropout_probabilities": dropout_probabilities(model),
         "active_dropout_modules": active_dropout,
     }
-    threshold = ctx.tolerance().max_variance
+    tolerance = ctx.tolerance(same_device=True)  # repeats on this device, against each other
+    threshold = tolerance.max_variance
     ok = max_variance is not None and max_variance <= threshold and active_dropout == 0
     return verdict(
         NAME,
         ok,
         metrics=metrics,
-        thresholds={"max_variance": threshold, "active_dropout_modules": 0},
+        thresholds=tolerance.thresholds("max_variance") | {"active_dropout_modules": 0},
         detail=_detail(metrics, threshold, ok),
     )
 

@@ -9,6 +9,7 @@ import sys
 import threading
 
 from app.config import Settings
+from app.lifeline import parent_env
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,12 @@ class EmbeddedWorker:
             "CKPT_DATA_DIR": str(settings.data_dir),
             "CKPT_DATABASE_URL": settings.resolved_database_url,
             "CKPT_DEVICE": settings.device,
+            # round_trip re-scans archives under the limits they were accepted with
+            "CKPT_MAX_ZIP_ENTRIES": str(settings.max_zip_entries),
+            "CKPT_MAX_UNCOMPRESSED_BYTES": str(settings.max_uncompressed_bytes),
+            "CKPT_TORCH_MEMORY_BYTES": str(settings.torch_memory_bytes),
+            "CKPT_TORCH_CPU_SECONDS": str(settings.torch_cpu_seconds),
+            **parent_env(),  # the worker ends with this process (app.lifeline)
         }
         self._stopping = threading.Event()
         self._process = self._spawn()
@@ -32,7 +39,6 @@ class EmbeddedWorker:
         return subprocess.Popen(
             [sys.executable, "-m", "app.cli", "worker"],
             env=self._env,
-            preexec_fn=_terminate_with_parent,
         )
 
     def _watch(self) -> None:
@@ -50,13 +56,3 @@ class EmbeddedWorker:
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
-
-
-def _terminate_with_parent() -> None:
-    """Linux: the worker gets SIGTERM if the API process dies, so no orphan holds the device."""
-    if sys.platform == "linux":
-        import ctypes
-        import signal
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)

@@ -5,43 +5,123 @@ Loading only ever goes through safetensors (never pickle), with remote code disa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file
 
-from app.services.views import CheckpointView, TensorView
+from app.errors import AppError, NotFound
+from app.services.views import CheckpointView, FileView, TensorView
 from app.storage.base import BlobStorage
 from app.verify.base import LoadedCheckpoint
 
 KNOWN_MODEL_TYPES = {"gpt2"}
 
 
-def materialize(view: CheckpointView, store: BlobStorage, root: Path) -> Path:
-    """A folder whose files are symlinks to the checkpoint's blobs (built once, atomically).
+class CheckpointFileMissing(AppError):
+    """A file the checkpoint recorded cannot be read from the blob store (deleted, unreadable,
+    truncated): the dependency the model needs failed, so generation answers 424."""
 
-    The blobs are asked for every time: a remote store's cache may have evicted a file since
-    the folder was built, and fetching it again puts it back where the link points.
+    status = 424
+    code = "checkpoint_file_missing"
+
+
+def materialize(view: CheckpointView, store: BlobStorage, root: Path) -> Path:
+    """A folder whose files are symlinks to the checkpoint's blobs, checked on every use.
+
+    An entry that does not hold exactly the recorded files, each a link to the blob with its
+    recorded sha256, is rebuilt atomically, whatever broke it (relative links, a blob cache file
+    evicted or deleted, a file removed by hand). Checking compares link targets; nothing is
+    re-hashed. The blobs are asked for every time: a remote store's cache may have evicted a
+    file since the folder was built, and fetching it again puts it back where the link points.
     """
-    targets = {file.path: store.local_path(file.sha256) for file in view.files}
+    targets = {file.path: _blob_path(view, file, store) for file in view.files}
     folder = root / view.id
-    if folder.is_dir():
-        return folder
-    staging = root / f".{view.id}.{os.getpid()}"
+    if not _holds(folder, targets):
+        _rebuild(folder, targets)
+    return folder
+
+
+def _blob_path(view: CheckpointView, file: FileView, store: BlobStorage) -> Path:
+    """The readable local blob holding `file`, or CheckpointFileMissing naming the file."""
+    try:
+        path = store.local_path(file.sha256).resolve()
+        with path.open("rb"):
+            size = path.stat().st_size
+    except (NotFound, OSError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise _missing(view, file, f"cannot be read ({reason})") from exc
+    if size != file.size:
+        raise _missing(view, file, f"is {size} bytes in the blob store, {file.size} recorded")
+    return path
+
+
+def _missing(view: CheckpointView, file: FileView, problem: str) -> CheckpointFileMissing:
+    return CheckpointFileMissing(
+        f"checkpoint {view.ref}: file {file.path} (blob {file.sha256[:12]}) {problem}"
+    )
+
+
+def _holds(folder: Path, targets: dict[str, Path]) -> bool:
+    """Exactly the recorded files, each a link to its blob (absolute, as `targets` are)."""
+    if not folder.is_dir():
+        return False
+    present = {
+        path.relative_to(folder).as_posix()
+        for path in folder.rglob("*")
+        if path.is_symlink() or not path.is_dir()
+    }
+    return present == set(targets) and all(
+        (folder / name).is_symlink() and Path(os.readlink(folder / name)) == target
+        for name, target in targets.items()
+    )
+
+
+def _rebuild(folder: Path, targets: dict[str, Path]) -> None:
+    staging = folder.with_name(f".{folder.name}.{os.getpid()}.{threading.get_ident()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    for path, target in targets.items():
-        link = staging / path
+    for name, target in targets.items():
+        link = staging / name
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(target)
+    if folder.is_dir():  # a broken entry: moved aside, so readers never see a half-built one
+        stale = staging.with_name(f"{staging.name}.stale")
+        shutil.rmtree(stale, ignore_errors=True)  # left by a crash in this very spot
+        with contextlib.suppress(FileNotFoundError):  # another process moved it first
+            folder.rename(stale)
+        shutil.rmtree(stale, ignore_errors=True)
     try:
         staging.rename(folder)
-    except OSError:  # another process materialized it first
+    except OSError:  # another process put its entry (the same links) in place first
         shutil.rmtree(staging, ignore_errors=True)
-    return folder
+
+
+def unreadable_files(folder: Path) -> list[str]:
+    """Files in `folder` that cannot be opened (dangling links, no permission), by name."""
+    unreadable = []
+    for path in sorted(folder.rglob("*")):
+        try:
+            if path.is_file():
+                path.open("rb").close()
+            elif path.is_symlink():
+                unreadable.append(path.relative_to(folder).as_posix())
+        except OSError:
+            unreadable.append(path.relative_to(folder).as_posix())
+    return unreadable
+
+
+def require_readable_files(folder: Path) -> None:
+    """Before transformers reads a folder: its guess for a missing file ("install sentencepiece
+    or tiktoken" for a tokenizer.json that is gone) would hide which file it was."""
+    unreadable = unreadable_files(folder)
+    if unreadable:
+        raise CheckpointFileMissing(f"{folder}: cannot read {', '.join(unreadable)}")
 
 
 class StoredCheckpoint(LoadedCheckpoint):
@@ -80,6 +160,7 @@ class StoredCheckpoint(LoadedCheckpoint):
                 raise RuntimeError(reason)
             from transformers import AutoModelForCausalLM
 
+            require_readable_files(self.folder)
             model: Any = AutoModelForCausalLM.from_pretrained(
                 self.folder, use_safetensors=True, local_files_only=True, trust_remote_code=False
             )
@@ -91,8 +172,6 @@ class StoredCheckpoint(LoadedCheckpoint):
         if self._tokenizer is None and self.view.tokenizer.get("present"):
             from transformers import AutoTokenizer
 
+            require_readable_files(self.folder)
             self._tokenizer = AutoTokenizer.from_pretrained(self.folder, local_files_only=True)
         return self._tokenizer
-
-    def release(self) -> None:
-        self._model = self._state_dict = self._tokenizer = None

@@ -1,7 +1,9 @@
 """`ckpt worker`: claim a job, run it while heartbeating its lease, repeat until told to stop.
 
 SIGTERM/SIGINT finish the job in hand, then exit. A worker that dies instead (SIGKILL, OOM)
-stops heartbeating; its lease expires and another worker runs the job again.
+stops heartbeating; its lease expires and another worker runs the job again. Every
+CKPT_JOB_PRUNE_SECONDS it also deletes finished jobs past their retention, and the materialised
+folders of deleted checkpoints.
 """
 
 from __future__ import annotations
@@ -11,13 +13,17 @@ import os
 import signal
 import socket
 import threading
+import time
 import uuid
 from types import FrameType
+
+from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.engine import Database
 from app.db.migrate import schema_problem
-from app.jobs.queue import NOOP_JOB, ClaimedJob, JobQueue, LeaseLost
+from app.jobs.queue import NOOP_JOB, ClaimedJob, ExhaustedJob, JobQueue, LeaseLost, Retention
+from app.services.eviction import sweep_deleted_folders
 from app.storage.factory import open_blob_store
 from app.worker.device import describe_device, resolve_device
 from app.worker.verify_job import VerifyJobRunner
@@ -39,14 +45,20 @@ class Worker:
         self.device = resolve_device(settings.device)
         cache = settings.data_dir / "cache" / "checkpoints"
         cache.mkdir(parents=True, exist_ok=True)
-        self.verify = VerifyJobRunner(self.db, self.store, self.queue, self.device, cache)
+        self.folders = cache
+        self.verify = VerifyJobRunner(
+            self.db, self.store, self.queue, self.device, cache, settings.ingest_limits
+        )
         self.stop = threading.Event()
+        self.retention = Retention(settings.job_retention_seconds, settings.job_retention_count)
+        self._next_prune = time.monotonic()
 
     def run(self) -> None:
         log.info("worker %s on %s", self.worker_id, describe_device(self.device))
         while not self.stop.is_set():
             try:
                 self._reap()
+                self._prune_when_due()
                 job = self.queue.claim(self.worker_id)
             except Exception:  # the database may be briefly unavailable: back off, retry
                 log.exception("claiming a job failed")
@@ -59,10 +71,21 @@ class Worker:
         self.db.dispose()
 
     def _reap(self) -> None:
-        for exhausted in self.queue.reap_exhausted():
+        for exhausted in self.queue.reap_exhausted(self._fail_subject):
             log.warning("job %s failed: %s", exhausted.id, exhausted.error)
-            with self.db.transaction() as session:
-                self.verify.fail(session, exhausted.subject_id, exhausted.error)
+
+    def _fail_subject(self, session: Session, exhausted: ExhaustedJob) -> None:
+        self.verify.fail(session, exhausted.subject_id, exhausted.error)
+
+    def _prune_when_due(self) -> None:
+        if time.monotonic() < self._next_prune:
+            return
+        self._next_prune = time.monotonic() + self.settings.job_prune_seconds
+        deleted = self.queue.prune(self.retention)
+        if deleted:
+            log.info("pruned %d finished jobs past their retention", deleted)
+        # Folders a deletion left because a running job used them (app.services.eviction).
+        sweep_deleted_folders(self.db, self.folders)
 
     def _run(self, job: ClaimedJob) -> None:
         log.info("running %s job %s (attempt %d)", job.kind, job.id, job.attempt)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +15,17 @@ from app import __version__
 from app.db.engine import Database
 from app.db.models import Checkpoint, Verification, utcnow
 from app.db.repositories import CheckpointRepository
+from app.ingest.types import IngestLimits
 from app.jobs.queue import ClaimedJob, JobQueue
 from app.services.checkpoints import VERIFIED
 from app.services.views import CheckpointView, TensorView
 from app.storage.base import BlobStorage
-from app.verify.base import CHECK_NAMES, CheckContext, Tolerance, VerifyOptions
+from app.verify.base import CHECK_NAMES, TOLERANCE_FIELDS, CheckContext, CheckResult, VerifyOptions
 from app.verify.reference_outputs import parse_reference_outputs
-from app.verify.runner import check_inputs_fit, choose_inputs, overall_status, run_checks
+from app.verify.runner import check_inputs_fit, choose_inputs, overall_verdict, run_checks
+from app.verify.verdicts import report_verdict
 from app.worker.device import describe_device, resolve_device
-from app.worker.loading import StoredCheckpoint, materialize
+from app.worker.loading import CheckpointFileMissing, StoredCheckpoint, materialize
 
 
 @dataclass
@@ -33,6 +35,7 @@ class VerifyJobRunner:
     queue: JobQueue
     device: torch.device
     cache_dir: Path
+    limits: IngestLimits = field(default_factory=IngestLimits)
 
     def run(self, job: ClaimedJob) -> None:
         started = utcnow()
@@ -72,7 +75,10 @@ class VerifyJobRunner:
     def _report(self, plan: _Plan, started: Any) -> dict[str, Any]:
         clock = time.perf_counter()
         device = self._device_for(plan.request.get("device", "auto"))
-        subject = self._loaded(plan.subject, device)
+        try:
+            subject = self._loaded(plan.subject, device)
+        except CheckpointFileMissing as missing:
+            return _incomplete_report(plan, device, missing.message, started, clock)
         reference = self._loaded(plan.reference, device) if plan.reference else None
         options = _options(plan.request)
         if plan.outputs is not None:
@@ -93,11 +99,15 @@ class VerifyJobRunner:
             reference=reference,
             reference_outputs=plan.outputs,
             blob_path=self.store.local_path,
+            limits=self.limits,
         )
         results = run_checks(ctx)
+        requested = plan.request.get("checks")
+        verdict = overall_verdict(results, ctx, requested=tuple(requested) if requested else None)
         return {
             **_environment(device),
-            "status": overall_status(results),
+            "status": verdict.status,
+            "summary": verdict.summary,
             "started_at": started.isoformat(),
             "inputs": {"token_ids": inputs, "prompts": texts},
             "timings": {r.name: round(r.seconds, 6) for r in results}
@@ -128,6 +138,38 @@ class _Plan:
     outputs: dict[str, Any] | None
 
 
+def _incomplete_report(
+    plan: _Plan, device: torch.device, missing: str, started: Any, clock: float
+) -> dict[str, Any]:
+    """A stored file that cannot be read is integrity's finding, not a job error: the report
+    fails it, naming the file, and says that nothing else could run."""
+    requested = plan.request.get("checks")
+    names = tuple(requested) if requested else CHECK_NAMES
+    results = [
+        CheckResult("integrity", "failed", detail=missing)
+        if name == "integrity"
+        else CheckResult(name, "not_applicable", detail=f"not run: {missing}")
+        for name in dict.fromkeys(("integrity", *names))
+    ]
+    has_reference = plan.reference is not None or plan.outputs is not None
+    verdict = report_verdict(
+        results,
+        plan.subject.view,
+        requested=tuple(requested) if requested else None,
+        has_reference=has_reference,
+    )
+    return {
+        **_environment(device),
+        "status": verdict.status,
+        "summary": verdict.summary,
+        "started_at": started.isoformat(),
+        "inputs": {"token_ids": [], "prompts": None},
+        "timings": {"total": round(time.perf_counter() - clock, 6)},
+        "checks": [r.as_dict() for r in results],
+        "error": None,
+    }
+
+
 def _snapshot(repo: CheckpointRepository, checkpoint_id: str) -> _Snapshot:
     row = repo.require(checkpoint_id)
     return _Snapshot(CheckpointView.of(row), [TensorView.of(t) for t in repo.tensors(row.id)])
@@ -147,14 +189,9 @@ def _options(request: dict[str, Any]) -> VerifyOptions:
     )
 
 
-def _tolerance(spec: dict[str, Any]) -> Tolerance:
-    base = Tolerance.defaults(same_device=True, dtype="float32")
-    return Tolerance(
-        max_abs_logit=spec.get("max_abs_logit", base.max_abs_logit),
-        min_top1_agreement=spec.get("min_top1_agreement", base.min_top1_agreement),
-        max_kl=spec.get("max_kl", base.max_kl),
-        max_variance=spec.get("max_variance", base.max_variance),
-    )
+def _tolerance(spec: dict[str, Any]) -> dict[str, float]:
+    """The thresholds the request names; the checks fill the others with their defaults."""
+    return {name: float(spec[name]) for name in TOLERANCE_FIELDS if spec.get(name) is not None}
 
 
 def _environment(device: torch.device) -> dict[str, Any]:
@@ -182,12 +219,21 @@ def _save_report(session: Session, verification_id: str, report: dict[str, Any])
     verification.finished_at = utcnow()
     checkpoint = session.get(Checkpoint, verification.checkpoint_id)
     if checkpoint is not None:
-        _promote(CheckpointRepository(session), checkpoint, report["status"])
+        complete = bool((report.get("summary") or {}).get("complete"))
+        _promote(CheckpointRepository(session), checkpoint, report["status"], complete=complete)
 
 
-def _promote(repo: CheckpointRepository, checkpoint: Checkpoint, status: str) -> None:
-    """`verified` marks the name's version whose latest report passed; a failure removes it."""
+def _promote(
+    repo: CheckpointRepository, checkpoint: Checkpoint, status: str, *, complete: bool
+) -> None:
+    """`verified` marks the name's version whose latest full report passed.
+
+    Only a `passed` report that ran every check applying to the checkpoint sets it; a passed
+    subset (`checks: ["integrity"]`) leaves it where it is. Any other outcome (failed, error,
+    inconclusive) takes it off this version and never touches it on another version.
+    """
     if status == "passed":
-        repo.set_alias(checkpoint.name, VERIFIED, checkpoint.id)
+        if complete:
+            repo.set_alias(checkpoint.name, VERIFIED, checkpoint.id)
     elif VERIFIED in {a.alias for a in checkpoint.aliases}:
         repo.remove_alias(checkpoint.name, VERIFIED)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
+import json
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,6 +71,7 @@ def test_zip_upload_records_metadata(zip_upload: dict[str, Any], tiny: TinyModel
     assert body["architecture"] == {
         "model_type": "gpt2",
         "inferred": False,
+        "config_source": "config.json",
         "n_layer": config.n_layer,
         "n_embd": config.n_embd,
         "n_head": config.n_head,
@@ -142,7 +144,10 @@ def test_same_weights_same_digest_in_every_format(
 def test_bare_safetensors_gets_inferred_gpt2_config(client: httpx.Client, tiny: TinyModel) -> None:
     body = client.get("/v1/checkpoints/tiny-bare").json()
     arch = body["architecture"]
-    assert arch["inferred"] is True
+    assert (arch["inferred"], arch["config_source"]) == (True, "inferred")
+    assert arch["assumptions"] == [
+        f"n_head {arch['n_head']} assumed from tensor shapes (heads 64 wide)"
+    ]
     config = tiny.model.config
     assert (arch["n_layer"], arch["n_embd"], arch["vocab_size"], arch["n_positions"]) == (
         config.n_layer,
@@ -158,8 +163,28 @@ def test_config_field_is_used_instead_of_inference(client: httpx.Client, tiny: T
     response = upload_raw(client, tiny.safetensors, "tiny-configured", config=config)
     assert response.status_code == 201, response.text
     arch = response.json()["architecture"]
-    assert arch["inferred"] is False
+    assert (arch["inferred"], arch["config_source"]) == (False, "upload")
     assert arch["n_head"] == tiny.model.config.n_head
+
+
+def test_same_bytes_with_another_config_are_refused_not_deduplicated(
+    client: httpx.Client, server: LiveServer, tiny: TinyModel
+) -> None:
+    """The bytes alone are not the model: answering 200 with the version stored under another
+    (say inferred) config would silently ignore the config the user just sent."""
+    stored = client.get("/v1/checkpoints/tiny-bare").json()
+    blobs_before = blob_count(server.data_dir)
+    other = tiny.model.config.to_dict() | {"n_head": 4}
+    refused = upload_raw(client, tiny.safetensors, "tiny-bare", config=json.dumps(other))
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"]["code"] == "config_differs"
+    assert "tiny-bare@1" in refused.json()["error"]["message"]
+    assert "n_head 2 vs 4" in refused.json()["error"]["message"]
+    assert blob_count(server.data_dir) == blobs_before
+    assert leftover_temp_files(server.data_dir) == []
+    # The config it is stored with (here the inferred head count, 2) is the same upload.
+    again = upload_raw(client, tiny.safetensors, "tiny-bare", config=json.dumps({"n_head": 2}))
+    assert (again.status_code, again.json()["id"]) == (200, stored["id"]), again.text
 
 
 def test_tensor_hashes_match_independent_hashes(

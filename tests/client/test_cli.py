@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from safetensors.torch import save_file
 
 from app.client import Client, RegistryError
+from tests.api.test_diffs_and_aliases import training_checkpoint
 from tests.client.cli import ckpt, ckpt_json
 from tests.client.proxy import CorruptingProxy
 from tests.conftest import TinyModel
@@ -37,7 +39,7 @@ def test_upload_zips_a_folder_on_the_fly(
     again = ckpt(server.url, "upload", str(tiny.folder), "--name", "cli")
     assert again.returncode == 0, again.stderr
     assert "already stored as cli@1" in again.stdout
-    assert "upload my_model" in again.stderr and "MB" in again.stderr  # the progress bar
+    assert "upload my_model" in again.stderr and "MiB" in again.stderr  # the progress bar
     assert uploaded["sha256"] in again.stdout  # the metadata table
     deflated = ckpt_json(server.url, "upload", str(tiny.folder), "--name", "cli-d", "--deflate")
     assert deflated["size_bytes"] < uploaded["size_bytes"]
@@ -177,3 +179,43 @@ def test_exit_codes_and_error_messages(server: LiveServer, tmp_path: Path) -> No
     nobody = ckpt(f"http://127.0.0.1:{free_port()}", "list")
     assert nobody.returncode == 3 and "unreachable" in nobody.stderr
     assert "Traceback" not in nobody.stderr
+
+
+def test_tables_keep_their_essential_columns_at_80_columns(
+    server: LiveServer, uploaded: dict[str, Any]
+) -> None:
+    """Nothing cut with an ellipsis, no line wider than the terminal, binary units."""
+    listed = ckpt(server.url, "list", "--name", "cli", COLUMNS="80")
+    tensors = ckpt(server.url, "tensors", "cli", COLUMNS="80")
+    shown = ckpt(server.url, "show", "cli", COLUMNS="80")
+    for result in (listed, tensors, shown):
+        assert result.returncode == 0, result.stderr
+        assert "…" not in result.stdout
+        assert max(len(line) for line in result.stdout.splitlines()) <= 80
+    header = listed.stdout.splitlines()[0].split()
+    assert header == ["ref", "aliases", "size", "created", "(UTC)", "verification"]
+    row = next(line for line in listed.stdout.splitlines() if line.startswith("cli@1 "))
+    assert "MiB" in row and re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d", row)
+    assert "transformer.h.0.mlp.c_fc.weight   float32   [128, 512]   65,536   256 KiB" in (
+        re.sub(r" {3,}", "   ", tensors.stdout)
+    )
+    assert re.search(r"created +\S* *\d{4}-\d\d-\d\d \d\d:\d\d UTC", shown.stdout)
+
+
+def test_show_prints_optimizer_hyperparameters_as_rows(
+    server: LiveServer, tiny: TinyModel, tmp_path: Path
+) -> None:
+    path = training_checkpoint(tiny, tmp_path / "e1.pt", 2.5, 1)
+    with Client(server.url) as client:
+        client.upload(path, name="cli-run")
+    shown = ckpt(server.url, "show", "cli-run", COLUMNS="80")
+    assert shown.returncode == 0, shown.stderr
+    rows = {
+        cells[0]: cells[1]
+        for line in shown.stdout.splitlines()
+        if len(cells := [c.strip() for c in line.strip("│ ").split("│")]) == 2
+    }
+    assert rows["training"] == "epoch 1, val_loss 2.5"
+    assert rows["optimizer"] == "SGD"
+    assert rows["lr"] == "0.1" and rows["momentum"] == "0"
+    assert "{" not in shown.stdout and "'params'" not in shown.stdout  # no Python dict

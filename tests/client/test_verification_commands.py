@@ -61,7 +61,8 @@ def test_wait_follows_the_job_to_its_report(registry: Client, stored: Checkpoint
 def test_cli_verify_passes_with_a_reference_checkpoint(
     server: LiveServer, registry: Client, stored: Checkpoint, tiny: TinyModel
 ) -> None:
-    other = registry.upload(tiny.state_dict_pt, name="tiny-pt")
+    # With its config: without one the head count is assumed and the verdict inconclusive.
+    other = registry.upload(tiny.state_dict_pt, name="tiny-pt", config=tiny.model.config.to_dict())
     result = ckpt(
         server.url,
         "verify",
@@ -123,6 +124,10 @@ def test_cli_report_as_table_json_and_html(
     human = ckpt(server.url, "report", job.id, "--html", str(page))
     assert human.returncode == 1
     assert job.id in human.stdout and "weights" in human.stdout
+    narrow = ckpt(server.url, "report", job.id, COLUMNS="80")
+    assert max(len(line) for line in narrow.stdout.splitlines()) <= 80
+    header = ["check", "status", "key", "figure", "threshold", "time"]
+    assert header in [line.split() for line in narrow.stdout.splitlines()]
     assert "<html" in page.read_text().lower() and job.id in page.read_text()
     passed = registry.wait(registry.verify("tiny", checks=["integrity"]).id, poll_seconds=0.1)
     assert ckpt_json(server.url, "report", passed.id)["status"] == "passed"

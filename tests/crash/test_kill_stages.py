@@ -69,7 +69,8 @@ def test_killed_upload_leaves_a_consistent_registry(
     data = tmp_path / "data"
     server = ServeProcess(data, CKPT_FAULT_POINT=f"{stage}:2").start()  # the survivor passes
     with server.client() as client:
-        survivor = upload_raw(client, tiny.safetensors, "survivor")
+        config = tiny.model.config.to_json_string()  # else n_head is assumed: inconclusive
+        survivor = upload_raw(client, tiny.safetensors, "survivor", config=config)
     assert survivor.status_code == 201, survivor.text
     if stage == "mid_body":
         kill_mid_body(server)

@@ -24,6 +24,21 @@ CENTRAL_EXTERNAL_ATTR, CENTRAL_OFFSET = 38, 42
 END_DISK, END_COUNT_HERE, END_COUNT, END_CD_SIZE, END_CD_OFFSET = 4, 8, 10, 12, 16
 
 
+# --- multipart bodies --------------------------------------------------------------------------
+
+BOUNDARY = "hostileboundary"
+MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
+
+
+def part(name: str, data: bytes, filename: str | None = None) -> bytes:
+    disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+    return f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n"
+
+
+def multipart(*parts: bytes, closing: bool = True) -> bytes:
+    return b"".join(parts) + (f"--{BOUNDARY}--\r\n".encode() if closing else b"")
+
+
 # --- zip archives ------------------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ import time
 import httpx
 import pytest
 
+from tests.hostile.builders import BOUNDARY, MULTIPART, multipart, part
 from tests.hostile.invariants import (
     Footprint,
     assert_error_shape,
@@ -24,18 +25,6 @@ SERVER_SETTINGS = {
     "body_timeout_seconds": 1.0,
     "min_body_bytes_per_second": 1000,
 }
-BOUNDARY = "hostileboundary"
-MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
-
-
-def part(name: str, data: bytes, filename: str | None = None) -> bytes:
-    disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
-    return f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n"
-
-
-def multipart(*parts: bytes, closing: bool = True) -> bytes:
-    return b"".join(parts) + (f"--{BOUNDARY}--\r\n".encode() if closing else b"")
-
 
 FILE = part("file", b"PK\x03\x04 not really a zip", "model.zip")
 MULTIPART_CASES: dict[str, tuple[bytes, str, int, str]] = {

@@ -244,3 +244,72 @@ def test_training_info_and_curve_with_best_marked(
 def test_training_page_of_an_unknown_name_is_404(client: httpx.Client) -> None:
     text = page(client, "/ui/training/nobody", status=404)
     assert "no checkpoint named &#39;nobody&#39;" in text
+
+
+MICROSECONDS = re.compile(r"\d\d:\d\d:\d\d\.\d")
+READABLE_UTC = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC")
+
+
+def test_report_page_puts_the_verdict_summary_first(
+    client: httpx.Client, compared: dict[str, Any]
+) -> None:
+    text = page(client, f"/ui/verifications/{compared['id']}")
+    summary = text.index('id="verdicts"')
+    assert summary < text.index('<section class="check"') < text.index('id="environment"')
+    (table,) = texts(text, r'<table class="verdicts" id="verdicts">(.*?)</table>')
+    rows = [
+        re.sub(r"<[^>]+>", " ", row).split()
+        for row in re.findall(r"<tr.*?</tr>", table, flags=re.S)
+    ]
+    by_check = {cells[0]: " ".join(cells[1:]) for cells in rows[1:]}
+    assert list(by_check) == [check["name"] for check in compared["checks"]]
+    equivalence = checks_by_name(compared)["equivalence"]
+    figure = f"{equivalence['metrics']['max_abs_logit_diff']:.4g}"
+    limit = equivalence["thresholds"]["max_abs_logit"]
+    source = (equivalence["thresholds"].get("sources") or {}).get("max_abs_logit")
+    expected = f"{equivalence['status']} max |Δlogit| {figure} ≤ {limit:.4g}"
+    assert by_check["equivalence"] == expected + (f" ({source})" if source else "")
+    assert by_check["integrity"] == "passed mismatched blobs 0 ≤ 0"
+    # shapes on one line; times in µs/ms/s, never the raw float; no microseconds anywhere
+    shapes = checks_by_name(compared)["load"]["metrics"]["logits_shapes"]
+    assert f'<td class="value">{json.dumps(shapes)}</td>' in text
+    seconds = compared["timings"]["total"]
+    assert str(seconds) not in text and re.search(r"took \d[\d.]* (µs|ms|s)\b", text)
+    assert not MICROSECONDS.search(text) and READABLE_UTC.search(text)
+
+
+def test_checkpoint_page_header_sections_and_playground_only_when_servable(
+    client: httpx.Client, original: dict[str, Any], hostile: dict[str, Any]
+) -> None:
+    text = page(client, f"/ui/checkpoints/{original['id']}")
+    (essentials,) = texts(text, r'<dl class="essentials" id="essentials">(.*?)</dl>')
+    labels = re.findall(r"<dt>([^<]+)</dt>", essentials)
+    assert labels == [
+        "Name", "Version", "Format", "Size", "Parameters", "Weights digest",
+        "Last verification", "Created",
+    ]  # fmt: skip
+    assert "MiB" in essentials and f"{original['parameter_count']:,}" in essentials
+    for anchor in ("verifications", "files", "tensors-section", "details", "raw"):
+        assert f'href="#{anchor}"' in text and f'id="{anchor}"' in text
+    assert text.index('id="tensors-section"') < text.index('<details class="raw" id="raw">')
+    assert '<td data-value="49152">[128, 384]</td>' in text  # c_attn.weight's shape
+    shown = text.split('<details class="raw"')[0]  # the raw JSON is the API's, to the µs
+    assert not MICROSECONDS.search(shown) and READABLE_UTC.search(shown)
+    assert 'id="playground-link"' in text
+    unservable = page(client, f"/ui/checkpoints/{hostile['id']}")
+    assert "/ui/playground" not in unservable.split("<main>")[1]
+    assert 'id="not-servable"' in unservable and "cannot generate text" in unservable
+
+
+def test_training_chart_ticks_are_round_numbers(
+    client: httpx.Client, tiny: TinyModel, tmp_path: Path
+) -> None:
+    for epoch, loss in enumerate([2.13, 1.71, 1.52], start=1):
+        path = training_checkpoint(tiny, tmp_path / f"e{epoch}.pt", loss, epoch)
+        assert upload_raw(client, path, "ticks").status_code == 201
+    curve = page(client, "/ui/training/ticks")
+    ticks = texts(curve, r'<text class="tick"[^>]*text-anchor="end">([^<]*)</text>')
+    assert ticks == ["1.4", "1.6", "1.8", "2.0", "2.2"]
+    epochs = texts(curve, r'<text class="tick"[^>]*text-anchor="middle">([^<]*)</text>')
+    assert epochs == ["1", "2", "3"]
+    assert re.search(r'<svg class="line-chart" role="img" viewBox="0 0 \d+ \d+"', curve)

@@ -117,7 +117,7 @@ def context(
     reference: LoadedCheckpoint | None = None,
     reference_outputs: dict[str, Any] | None = None,
     repeats: int = 3,
-    tolerance: Tolerance | None = None,
+    tolerance: dict[str, float] | None = None,
 ) -> CheckContext:
     options = VerifyOptions(
         checks=("equivalence", "stability", "weights", "resumability"),
@@ -287,7 +287,7 @@ def test_ones_embedding_breaks_equivalence(models: Models) -> None:
 
 
 def test_greedy_divergence_alone_fails(models: Models) -> None:
-    lenient = Tolerance(max_abs_logit=1e9, min_top1_agreement=0.0, max_kl=1e9, max_variance=0.0)
+    lenient = {"max_abs_logit": 1e9, "min_top1_agreement": 0.0, "max_kl": 1e9, "max_variance": 0.0}
     ctx = context(models.ones, inputs=models.inputs, reference=models.base, tolerance=lenient)
     result = equivalence.run(ctx)
     assert result.status == "failed"
@@ -373,6 +373,57 @@ def test_document_verifies_the_same_model(document: dict[str, Any], models: Mode
     assert result.metrics["greedy_match"] is True
     expected = [prompt["greedy"] for prompt in document["prompts"]]
     assert [entry["subject_continuation"] for entry in result.metrics["per_prompt"]] == expected
+
+
+def _nudged(models: Models) -> InMemoryCheckpoint:
+    """base with every weight moved by 1e-4: logits move by more than 1e-5, far less than 1e-2."""
+    model = copy.deepcopy(models.base.model())
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(1e-4)
+    return InMemoryCheckpoint(model, models.tokenizer, models.base.folder)
+
+
+@pytest.mark.parametrize(
+    ("recorded_on", "status", "max_abs_logit", "default"),
+    [
+        ("cuda:0", "passed", 1e-2, "default for float32 on other device"),
+        ("cpu", "failed", 1e-5, "default for float32 on same device"),
+    ],
+)
+def test_partial_tolerance_takes_the_defaults_of_its_device_pair(
+    document: dict[str, Any],
+    models: Models,
+    recorded_on: str,
+    status: str,
+    max_abs_logit: float,
+    default: str,
+) -> None:
+    cross = {**document, "device": recorded_on}
+    parsed = parse_reference_outputs(cross)
+    ctx = context(
+        _nudged(models), inputs=parsed.inputs, reference_outputs=cross, tolerance={"max_kl": 1e-3}
+    )
+    result = equivalence.run(ctx)
+    assert result.status == status, result.detail
+    assert 1e-5 < result.metrics["max_abs_logit_diff"] < 1e-2
+    assert result.thresholds["max_abs_logit"] == max_abs_logit
+    assert result.thresholds["max_kl"] == 1e-3
+    assert result.thresholds["sources"] == {
+        "max_abs_logit": default,
+        "min_top1_agreement": default,
+        "max_kl": "requested",
+    }
+
+
+def test_stability_compares_this_device_with_itself(
+    document: dict[str, Any], models: Models
+) -> None:
+    cross = {**document, "device": "cuda:0"}
+    ctx = context(models.base, inputs=models.inputs, reference_outputs=cross)
+    result = stability.run(ctx)
+    assert result.thresholds["max_variance"] == 0.0
+    assert result.thresholds["sources"] == {"max_variance": "default for float32 on same device"}
 
 
 def test_document_rejects_the_ones_embedding_model(

@@ -73,7 +73,9 @@ def test_every_upload_is_verified_automatically(
 def test_same_weights_in_another_format_are_equivalent(
     client: httpx.Client, original: dict[str, Any], tiny: TinyModel
 ) -> None:
-    other = upload_raw(client, tiny.state_dict_pt, "tiny-pt").json()
+    # With its config: without one the head count is assumed and the verdict inconclusive.
+    config = tiny.model.config.to_json_string()
+    other = upload_raw(client, tiny.state_dict_pt, "tiny-pt", config=config).json()
     report = verify(client, other["id"], {"reference": {"checkpoint": original["id"]}})
     assert report["status"] == "passed", failures(report)
     equivalence = checks_by_name(report)["equivalence"]["metrics"]
@@ -91,7 +93,8 @@ def test_overwritten_embedding_fails_equivalence(
     torch.nn.init.ones_(state["transformer.wte.weight"])
     path = tmp_path / "broken.safetensors"
     save_file(state, path)
-    broken = upload_raw(client, path, "tiny-broken").json()
+    config = tiny.model.config.to_json_string()
+    broken = upload_raw(client, path, "tiny-broken", config=config).json()
     report = verify(client, broken["id"], {"reference": {"checkpoint": original["id"]}})
     assert report["status"] == "failed"
     checks = checks_by_name(report)

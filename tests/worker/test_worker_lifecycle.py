@@ -75,7 +75,8 @@ def test_job_fails_with_reason_after_max_attempts(
 def test_sigterm_finishes_the_job_in_hand_then_exits(
     server: LiveServer, client: httpx.Client, tiny: TinyModel
 ) -> None:
-    checkpoint = upload_raw(client, tiny.safetensors, "graceful").json()
+    config = tiny.model.config.to_json_string()  # else n_head is assumed: inconclusive
+    checkpoint = upload_raw(client, tiny.safetensors, "graceful", config=config).json()
     verification_id = checkpoint["verification"]["id"]
     worker = WorkerProcess(server.data_dir).start()
     wait_until_running(server, verification_id)

@@ -107,7 +107,7 @@ function showUploaded(result, checkpoint, created) {
   result.appendChild(document.createTextNode(" — verification queued."));
 }
 
-function upload(form, file) {
+function upload(form, file, config) {
   const progress = document.getElementById("upload-progress");
   const result = document.getElementById("upload-result");
   const button = document.getElementById("upload-submit");
@@ -117,6 +117,7 @@ function upload(form, file) {
   const metadata = form.elements.metadata.value.trim();
   if (name) body.append("name", name);
   if (metadata) body.append("metadata", metadata);
+  if (config) body.append("config", config);
   const request = new XMLHttpRequest();
   request.open("POST", "/v1/checkpoints");
   Object.entries(authHeaders()).forEach(([header, value]) => request.setRequestHeader(header, value));
@@ -183,7 +184,12 @@ function setUpUpload() {
       result.textContent = "Choose or drop a file first.";
       return;
     }
-    upload(form, file);
+    const config = form.elements.config.files[0];
+    if (config) {
+      config.text().then((text) => upload(form, file, text));
+    } else {
+      upload(form, file, null);
+    }
   });
 }
 
