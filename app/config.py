@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 from urllib.parse import quote, unquote, urlparse
 
-from pydantic import SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.ingest.types import IngestLimits
@@ -22,6 +23,9 @@ class Settings(BaseSettings):
     # credentials from the AWS_* variables); files read from S3 are cached locally, LRU-bounded.
     storage_url: str | None = None
     blob_cache_bytes: int = 20 << 30
+    # Materialised checkpoint folders (links to blobs, <data>/cache/checkpoints/<id>) kept beyond
+    # those in use, least recently used removed first; their bytes are the blob cache's above.
+    model_folder_cache_entries: int = Field(256, ge=1)
     # Unreferenced blobs and temp files younger than this survive the startup sweep: another
     # process sharing the storage may be in the middle of an upload. None: 3600 with s3://,
     # 0 on a local data dir (set it when several API processes share one).
@@ -31,6 +35,12 @@ class Settings(BaseSettings):
     max_zip_entries: int = 10_000
     torch_memory_bytes: int = 8 << 30
     torch_cpu_seconds: int = 600
+    # Uploads are inspected on their own thread pool, apart from the one sync routes and key
+    # checks use; at most MAX_TORCH_LOADERS sandboxed pickle loaders run at once in a process, an
+    # upload waits up to TORCH_LOADER_WAIT_SECONDS for one, then answers 503 with Retry-After.
+    ingest_threads: int = Field(default_factory=lambda: 2 * (os.cpu_count() or 1), ge=1)
+    max_torch_loaders: int = Field(2, ge=1)
+    torch_loader_wait_seconds: float = Field(60.0, ge=0)
     device: str = "auto"
     embedded_worker: bool = True
     job_lease_seconds: float = 30.0

@@ -8,6 +8,10 @@ to 1): only the n-th call reaching that name in this process is hit, the others 
 - `CKPT_FAULT_ENOSPC=spool|blob[:n]`: that write fails with ENOSPC, as on a full disk
   (`spool`: the upload streamed to tmp/, after writing half of the buffer; `blob`: a blob
   being placed in the store).
+- `CKPT_FAULT_RENDEZVOUS=blob:n`: the first n blob transfers into the store (in all the
+  processes sharing the data dir) wait for each other, up to RENDEZVOUS_SECONDS: each writes
+  `<data dir>/rendezvous-blob-<pid>-<k>`, holding "met" once n were in flight together or
+  "alone" when it gave up waiting, so that a test sees whether they overlapped.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from typing import BinaryIO
 
 POINT_ENV = "CKPT_FAULT_POINT"
 ENOSPC_ENV = "CKPT_FAULT_ENOSPC"
+RENDEZVOUS_ENV = "CKPT_FAULT_RENDEZVOUS"
+RENDEZVOUS_SECONDS = 20.0
 
 _calls: Counter[str] = Counter()
 _calls_lock = threading.Lock()
@@ -53,6 +59,29 @@ def before_write(site: str, file: BinaryIO | None = None, data: bytes = b"") -> 
         file.write(data[: len(data) // 2])
         file.flush()
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"fault injected at {site}")
+
+
+def rendezvous(site: str, data_dir: Path) -> None:
+    """Wait for the other transfers at `site` when CKPT_FAULT_RENDEZVOUS names it (see above)."""
+    armed = os.environ.get(RENDEZVOUS_ENV)
+    site_name, _, count = (armed or "").partition(":")
+    if site_name != site:
+        return
+    parties = int(count or 2)
+    pattern = f"rendezvous-{site}-*"
+    if len(list(data_dir.glob(pattern))) >= parties:
+        return
+    with _calls_lock:
+        _calls[f"rendezvous-{site}"] += 1
+        mine = data_dir / f"rendezvous-{site}-{os.getpid()}-{_calls[f'rendezvous-{site}']}"
+    mine.write_text("waiting")
+    deadline = time.monotonic() + RENDEZVOUS_SECONDS
+    while len(list(data_dir.glob(pattern))) < parties:
+        if time.monotonic() > deadline:
+            mine.write_text("alone")
+            return
+        time.sleep(0.02)
+    mine.write_text("met")
 
 
 def _is_hit(name: str, armed: str) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from app.db.engine import Database
 from app.db.migrate import schema_problem
 from app.generation import GenerationEngine, ModelCache
 from app.generation.cache import stored_checkpoint_loader
+from app.ingest.torch_pickle import configure_loader_slots
 from app.observability.install import install_observability
 from app.services.checkpoints import CheckpointService
 from app.services.diffs import DiffService
@@ -65,12 +67,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         service.on_deleted.append(
             DeletionEviction(app.state.generation.engine.cache, _checkpoint_folders(settings))
         )
+        app.state.ingest_executor = _ingest_executor(settings)
         worker = EmbeddedWorker(settings) if settings.embedded_worker else None
         try:
             yield
         finally:
             if worker is not None:
                 worker.stop()
+            app.state.ingest_executor.shutdown(wait=True, cancel_futures=True)
             app.state.generation.engine.close()
             db.dispose()
 
@@ -101,7 +105,9 @@ def _text_generation(settings: Settings, db: Database, store: BlobStorage) -> Te
     catalog = GenerationCatalog(db, settings.default_model)
     cache_dir = _checkpoint_folders(settings)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    loader = stored_checkpoint_loader(catalog.describe, store, cache_dir, device)
+    loader = stored_checkpoint_loader(
+        catalog.describe, store, cache_dir, device, max_folders=settings.model_folder_cache_entries
+    )
     limits = GenerationLimits(
         max_queue=settings.max_queue,
         max_batch=settings.max_batch,
@@ -120,6 +126,13 @@ def _text_generation(settings: Settings, db: Database, store: BlobStorage) -> Te
         exactness=settings.exact_batching,
     )
     return TextGeneration(catalog, engine, limits)
+
+
+def _ingest_executor(settings: Settings) -> ThreadPoolExecutor:
+    """Uploads are inspected here, never on the default thread pool that sync routes and key
+    checks share; the process-wide cap on sandboxed torch loaders comes with it."""
+    configure_loader_slots(settings.max_torch_loaders, settings.torch_loader_wait_seconds)
+    return ThreadPoolExecutor(settings.ingest_threads, thread_name_prefix="ingest")
 
 
 def _checkpoint_folders(settings: Settings) -> Path:

@@ -34,9 +34,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from app.db.scratch import ADMIN_URL, create_database, drop_database
 from bench.common import markdown_table, running_server
 from bench.ingest import upload
-from tests.database import ADMIN_URL, create_database, drop_database
 
 WORKER_COUNTS = (1, 2, 4)
 API_COUNTS = (1, 2)

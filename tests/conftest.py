@@ -11,12 +11,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.database import (
-    drop_leftovers,
-    fresh_database,
-    on_postgresql,
-    postgres_unreachable,
-)
+from app.db.engine import Database
+from app.db.migrate import upgrade
+from app.db.scratch import drop_leftovers
+from tests.database import fresh_database, on_postgresql, postgres_unreachable
 from tests.live_server import LiveServer
 from tests.models import build_gpt2, build_tokenizer, save_model_folder, zip_folder
 
@@ -77,6 +75,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     """An empty database for one test: a SQLite file, or a fresh PostgreSQL database."""
     with fresh_database(request.node.name, f"sqlite:///{tmp_path / 'registry.sqlite3'}") as url:
         yield url
+
+
+@pytest.fixture
+def migrated_database(database_url: str) -> Iterator[Database]:
+    """`database_url` migrated to the head, opened as the app opens it."""
+    upgrade(database_url)
+    database = Database(database_url)
+    yield database
+    database.dispose()
 
 
 @pytest.fixture(scope="module")

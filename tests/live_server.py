@@ -13,8 +13,9 @@ import uvicorn
 
 from app.config import Settings
 from app.db.migrate import upgrade
+from app.db.scratch import create_database, drop_database
 from app.main import create_app
-from tests.database import create_database, drop_database, forget, on_postgresql, remember
+from tests.database import forget, on_postgresql, remember
 
 
 def free_port() -> int:

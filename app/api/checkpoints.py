@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
+from concurrent.futures import Executor
 from dataclasses import replace
 from pathlib import PurePosixPath
 from typing import Any
@@ -22,7 +24,7 @@ from app.errors import InvalidInput, PayloadTooLarge
 from app.ingest.inspect import parse_config_text
 from app.ingest.jsonutil import strict_json
 from app.ingest.spool import UploadSpool
-from app.services.checkpoints import UploadRequest
+from app.services.checkpoints import CheckpointService, UploadRequest
 from app.services.diffs import CheckpointDiff
 from app.services.views import CheckpointPage, CheckpointView, TensorList
 
@@ -95,7 +97,7 @@ async def upload_checkpoint(
             received, name=name, filename=filename, config=config, metadata=metadata
         )
         upload = replace(upload, uploaded_by=quota.key_id, quota_bytes=quota.limit)
-        view, created = await anyio.to_thread.run_sync(checkpoints.ingest, upload)
+        view, created = await _on_ingest_pool(request, checkpoints, upload)
     finally:  # stored or refused, the spooled body goes (ingest removes it too)
         received.spooled.path.unlink(missing_ok=True)
     return JSONResponse(
@@ -103,6 +105,19 @@ async def upload_checkpoint(
         status_code=201 if created else 200,
         headers={"Location": f"/v1/checkpoints/{view.id}"},
     )
+
+
+async def _on_ingest_pool(
+    request: Request, checkpoints: CheckpointService, upload: UploadRequest
+) -> tuple[CheckpointView, bool]:
+    """Ingest on the ingest executor, so uploads never take the default thread pool's threads
+    from sync routes and key checks. Shielded: the spooled body is removed only once ingest is
+    done with it, even when the request is cancelled."""
+    executor: Executor = request.app.state.ingest_executor
+    loop = asyncio.get_running_loop()
+    with anyio.CancelScope(shield=True):
+        stored = await loop.run_in_executor(executor, checkpoints.ingest, upload)
+    return stored
 
 
 def _check_announced_size(request: Request, limit: int) -> None:

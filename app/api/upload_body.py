@@ -73,14 +73,21 @@ async def receive_upload(
         _check_length(spool, expected)
         spooled = await spool.finish()
     except ClientDisconnect as exc:
-        spool.abort()
+        await _abort(spool)
         raise InvalidInput(
             "the client disconnected before the upload finished", code="upload_interrupted"
         ) from exc
     except BaseException:
-        spool.abort()
+        await _abort(spool)
         raise
     return ReceivedUpload(spooled, fields, filename)
+
+
+async def _abort(spool: UploadSpool) -> None:
+    """abort() waits for the spool's writes in flight: on a thread, and shielded so that a
+    cancelled request still removes its partial file."""
+    with anyio.CancelScope(shield=True):
+        await anyio.to_thread.run_sync(spool.abort)
 
 
 def _check_length(spool: UploadSpool, expected: int | None) -> None:

@@ -7,47 +7,15 @@ one place per format, as app.api.errors does for the registry's own routes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import Request, Response
-from fastapi.exceptions import RequestValidationError
+from fastapi import Response
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 
-from app.errors import AppError, UnprocessableRequest
-
-Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+from app.api.translating_route import TranslatingRoute
+from app.errors import AppError
 
 _TGI_ERROR_TYPES = {422: "validation", 424: "generation", 429: "overloaded"}
-
-
-def _first_error(exc: RequestValidationError) -> tuple[str | None, str]:
-    first = exc.errors()[0] if exc.errors() else {}
-    param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
-    message = str(first.get("msg", "invalid"))
-    return param, f"{param}: {message}" if param else message
-
-
-class _TranslatingRoute(APIRoute):
-    """Runs the handler and renders any AppError (request-validation errors become one)."""
-
-    def render(self, exc: AppError, param: str | None) -> Response:
-        raise NotImplementedError
-
-    def get_route_handler(self) -> Handler:
-        handler = super().get_route_handler()
-
-        async def translate(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except AppError as exc:
-                return self.render(exc, None)
-            except RequestValidationError as exc:
-                param, message = _first_error(exc)
-                return self.render(UnprocessableRequest(message), param)
-
-        return translate
 
 
 def tgi_error_body(exc: AppError) -> dict[str, str]:
@@ -57,7 +25,7 @@ def tgi_error_body(exc: AppError) -> dict[str, str]:
     return {"error": prefix + exc.message, "error_type": error_type}
 
 
-class TGIRoute(_TranslatingRoute):
+class TGIRoute(TranslatingRoute):
     """Errors as Text Generation Inference sends them: {"error", "error_type"}."""
 
     def render(self, exc: AppError, param: str | None) -> Response:
@@ -72,7 +40,7 @@ def openai_error_body(exc: AppError, param: str | None = None) -> dict[str, Any]
     return {"error": {"message": exc.message, "type": kind, "param": param, "code": exc.code}}
 
 
-class OpenAIRoute(_TranslatingRoute):
+class OpenAIRoute(TranslatingRoute):
     """Errors as OpenAI sends them: {"error": {"message", "type", "param", "code"}}."""
 
     def render(self, exc: AppError, param: str | None) -> Response:

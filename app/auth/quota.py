@@ -1,7 +1,8 @@
 """Per-key storage quotas: the bytes of the uploads a key made, against its limit.
 
 The upload route stops reading at the quota (UploadQuota); the insert transaction checks again
-(enforce_quota), so concurrent uploads by one key cannot overrun it together.
+(enforce_quota) with the key locked until it commits, so concurrent uploads by one key, on any
+number of API processes, cannot overrun it together.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from app.errors import PayloadTooLarge
 
 T = TypeVar("T")
 
+# First key of the PostgreSQL advisory locks that serialise one key's quota checks (any constant
+# distinct from app.db.repositories' lock classes).
+_QUOTA_LOCK_CLASS = 0x636B7071
+
 
 def used_bytes(session: Session, key_id: str) -> int:
     total = session.scalar(
@@ -34,9 +39,18 @@ def used_bytes(session: Session, key_id: str) -> int:
 def enforce_quota(session: Session, key_id: str | None, limit: int | None, incoming: int) -> None:
     if key_id is None or limit is None:
         return
+    _lock_key(session, key_id)
     used = used_bytes(session, key_id)
     if used + incoming > limit:
         raise _exceeded(key_id, limit, used, incoming)
+
+
+def _lock_key(session: Session, key_id: str) -> None:
+    """Hold the key until the transaction (which inserts the upload's row) ends: another
+    replica's check then counts that row. SQLite's BEGIN IMMEDIATE already serialises it."""
+    if session.get_bind().dialect.name == "postgresql":
+        key = func.hashtext(key_id)
+        session.execute(select(func.pg_advisory_xact_lock(_QUOTA_LOCK_CLASS, key)))
 
 
 def _exceeded(key_id: str, limit: int, used: int, incoming: int | None) -> QuotaExceeded:

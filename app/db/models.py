@@ -185,6 +185,23 @@ class JobDurationBucket(Base):
     seconds: Mapped[float] = mapped_column(Float)  # the durations' sum
 
 
+class BlobLease(Base):
+    """A claim on a blob that garbage collection respects (app.storage.leases).
+
+    An upload holds an `upload` lease on its blobs from before their transfer until its
+    checkpoint row commits; a collector holds a `delete` one while it removes a blob, and an
+    upload of the same bytes waits for it to end. A lease past `expires_at` is a dead holder's.
+    """
+
+    __tablename__ = "blob_leases"
+    __table_args__ = (Index("ix_blob_leases_sha256_expires_at", "sha256", "expires_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # the holder's lease id
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    purpose: Mapped[str] = mapped_column(String(16))
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
 class ApiKey(Base):
     """An API key: only an HMAC of the secret is kept (app.auth.keys)."""
 

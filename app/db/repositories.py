@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, func, select, tuple_
+from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.orm import Session, selectinload
 
-from app.db.models import Alias, Checkpoint, CheckpointFile, TensorRow, Verification
+from app.db.models import (
+    Alias,
+    BlobLease,
+    Checkpoint,
+    CheckpointFile,
+    TensorRow,
+    Verification,
+)
 from app.db.refs import LATEST, Ref, parse_ref
 from app.errors import NotFound
 
-# First key of the PostgreSQL advisory locks that serialise writes to one name (any constant).
+# First keys of the PostgreSQL advisory locks that serialise writes to one name, and the
+# adoption and collection of one blob (any constants, distinct).
 _NAME_LOCK_CLASS = 0x636B7074
+_BLOB_LOCK_CLASS = 0x636B7062
 
 
 class CheckpointRepository:
@@ -134,3 +143,54 @@ class CheckpointRepository:
         files = select(CheckpointFile.sha256).where(CheckpointFile.sha256.in_(digests))
         uploads = select(Checkpoint.sha256).where(Checkpoint.sha256.in_(digests))
         return set(self.session.scalars(files)) | set(self.session.scalars(uploads))
+
+
+class BlobLeaseRepository:
+    """Leases on blobs (BlobLease); `lock` first, so that checking and writing them is atomic."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def lock(self, digests: Collection[str]) -> None:
+        """Serialise, until the transaction ends, everyone deciding about these blobs.
+
+        PostgreSQL: one advisory lock per digest, taken in sorted order so two holders of
+        overlapping sets never deadlock. SQLite: BEGIN IMMEDIATE already holds its write lock.
+        """
+        if self.session.get_bind().dialect.name != "postgresql":
+            return
+        for digest in sorted(digests):
+            key = func.hashtext(digest)
+            self.session.execute(select(func.pg_advisory_xact_lock(_BLOB_LOCK_CLASS, key)))
+
+    def held(self, digests: Collection[str], now: datetime, purpose: str | None = None) -> set[str]:
+        """Those of `digests` that a live lease (of `purpose`, or any) names."""
+        query = select(BlobLease.sha256).where(
+            BlobLease.sha256.in_(digests), BlobLease.expires_at > now
+        )
+        if purpose is not None:
+            query = query.where(BlobLease.purpose == purpose)
+        return set(self.session.scalars(query.distinct()))
+
+    def add(
+        self, lease_id: str, digests: Collection[str], purpose: str, expires_at: datetime
+    ) -> None:
+        self.session.add_all(
+            BlobLease(id=lease_id, sha256=digest, purpose=purpose, expires_at=expires_at)
+            for digest in digests
+        )
+
+    def renew(self, lease_id: str, expires_at: datetime) -> None:
+        self.session.execute(
+            update(BlobLease).where(BlobLease.id == lease_id).values(expires_at=expires_at)
+        )
+
+    def release(self, lease_id: str) -> None:
+        self.session.execute(delete(BlobLease).where(BlobLease.id == lease_id))
+
+    def prune(self, before: datetime | None) -> int:
+        """Drop leases that expired before `before` (None: every lease); returns how many."""
+        query = delete(BlobLease)
+        if before is not None:
+            query = query.where(BlobLease.expires_at <= before)
+        return int(getattr(self.session.execute(query), "rowcount", 0) or 0)

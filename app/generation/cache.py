@@ -22,6 +22,7 @@ from app.errors import AppError
 from app.generation.errors import GenerationFailed, ModelUnavailable
 from app.services.views import CheckpointView, TensorView
 from app.storage.base import BlobStorage
+from app.worker.folders import DEFAULT_MAX_ENTRIES
 from app.worker.loading import StoredCheckpoint, materialize, require_readable_files
 
 
@@ -74,20 +75,26 @@ def stored_checkpoint_loader(
     store: BlobStorage,
     cache_dir: Path,
     device: torch.device,
+    *,
+    max_folders: int = DEFAULT_MAX_ENTRIES,
 ) -> Loader:
     """A loader for stored checkpoints: `describe(id)` gives the view and tensors (raising
-    NotFound for an unknown id); the files are linked from the blob store into `cache_dir`."""
+    NotFound for an unknown id); the files are linked from the blob store into `cache_dir`, and
+    they and their blobs stay pinned there until the model and tokenizer are in memory."""
 
     def load(checkpoint_id: str) -> LoadedModel:
         view, tensors = describe(checkpoint_id)
-        checkpoint = StoredCheckpoint(view, materialize(view, store, cache_dir), tensors, device)
-        reason = checkpoint.model_unavailable_reason
-        if reason is not None:
-            raise ModelUnavailable(f"checkpoint {view.ref} cannot generate text: {reason}")
-        tokenizer = checkpoint.tokenizer()
-        if tokenizer is None:
-            raise ModelUnavailable(f"checkpoint {view.ref} has no tokenizer to generate text with")
-        return LoadedModel.of(checkpoint.model(), tokenizer)
+        with materialize(view, store, cache_dir, max_folders=max_folders) as folder:
+            checkpoint = StoredCheckpoint(view, folder.path, tensors, device)
+            reason = checkpoint.model_unavailable_reason
+            if reason is not None:
+                raise ModelUnavailable(f"checkpoint {view.ref} cannot generate text: {reason}")
+            tokenizer = checkpoint.tokenizer()
+            if tokenizer is None:
+                raise ModelUnavailable(
+                    f"checkpoint {view.ref} has no tokenizer to generate text with"
+                )
+            return LoadedModel.of(checkpoint.model(), tokenizer)
 
     return load
 

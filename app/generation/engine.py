@@ -2,14 +2,16 @@
 
     engine = GenerationEngine(cache, device, max_queue=64, max_batch=8)
     loaded = await engine.model(checkpoint_id)          # tokenizer and context length
-    ids = loaded.tokenizer(prompt)["input_ids"]
+    ids = await engine.encode(loaded, prompt)           # on the tokenizer thread
     engine.validate(loaded, ids, params)                 # TGI's 422 messages
     stream = await engine.stream(checkpoint_id, ids, params)   # 429 / 422 raise here
     async with stream:                                   # closing it cancels the request
         async for event in stream: ...                   # TokenEvent..., FinishEvent
 
 All model work happens on one scheduler thread (see scheduler.py); the event loop only awaits
-queues fed with `call_soon_threadsafe`.
+queues fed with `call_soon_threadsafe`. Prompts are tokenized (and token-id prompts decoded) on
+one tokenizer thread: a long prompt takes a few hundred ms there, and one thread means the
+HTTP side's tokenizer is never used by two threads at once.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import asyncio
 import secrets
 import threading
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
+from typing import TypeVar
 
 import torch
 
@@ -53,6 +57,7 @@ class EngineStats:
 
 
 FinishListener = Callable[[FinishEvent], None]
+T = TypeVar("T")
 
 
 class _QueueSlot:
@@ -187,10 +192,22 @@ class GenerationEngine:
             product_threads=product_threads,
             torch_threads=torch_threads,
         )
+        self._tokenizing = ThreadPoolExecutor(1, thread_name_prefix="tokenize")
 
     async def model(self, checkpoint_id: str) -> LoadedModel:
         """The loaded model (tokenizer, context_length), loading it if needed."""
         return await self.cache.get(checkpoint_id)
+
+    async def encode(self, loaded: LoadedModel, text: str) -> list[int]:
+        """The prompt's token ids, computed off the event loop."""
+        return await self._tokenizer_call(lambda: list(loaded.tokenizer(text)["input_ids"]))
+
+    async def decode(self, loaded: LoadedModel, ids: list[int]) -> str:
+        """The text of token ids, computed off the event loop."""
+        return await self._tokenizer_call(lambda: str(loaded.tokenizer.decode(ids)))
+
+    async def _tokenizer_call(self, call: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._tokenizing, call)
 
     def validate(self, loaded: LoadedModel, input_ids: list[int], params: GenerationParams) -> None:
         """Everything TGI's router checks, including prompt + max_new_tokens ≤ context."""
@@ -249,6 +266,7 @@ class GenerationEngine:
     def close(self, timeout: float | None = 10.0) -> None:
         """Stop the scheduler thread; requests still queued or running fail."""
         self._scheduler.stop(timeout)
+        self._tokenizing.shutdown(wait=False, cancel_futures=True)
 
     def _take_slot(self) -> _QueueSlot:
         with self._lock:

@@ -13,7 +13,8 @@ from typing import Any
 
 from app.errors import InvalidInput, RejectedCheckpoint
 from app.hashing import sha256_file
-from app.ingest.archive import extract_zip, scan_zip
+from app.ingest.archive_extract import extract_zip
+from app.ingest.archive_scan import scan_zip
 from app.ingest.jsonutil import loads_strict
 from app.ingest.model_config import (
     architecture_from_config,

@@ -14,20 +14,24 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
 import pickletools
 import resource
 import signal
 import subprocess
 import sys
+import threading
 import zipfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from app.errors import RejectedCheckpoint
+from app.errors import RejectedCheckpoint, ServiceUnavailable
 from app.ingest.model_config import CHECKPOINT_CONFIG_KEYS
 from app.ingest.types import IngestLimits
+from app.lifeline import parent_env
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +79,8 @@ _CPU_HARD_LIMIT_GRACE_SECONDS = 5
 _WALL_CLOCK_GRACE_SECONDS = 60
 _MAX_RESULT_LINE_BYTES = 1 << 20
 _MAX_TRAINING_JSON_BYTES = 256 << 20
+# What the parent writes on the child's stdin once the child's rlimits are set.
+GO_BYTE = b"\x01"
 
 _MEMORY_FAILURE_MARKERS = (
     "MemoryError",
@@ -290,28 +296,76 @@ def _check_global(module: str, name: str) -> None:
 # --- the child process -----------------------------------------------------------------------
 
 
+class LoaderSlots:
+    """At most `count` sandboxed loaders run at once in this process (each may hold gigabytes
+    and a core for minutes); a caller waits up to `wait_seconds` for a free one."""
+
+    def __init__(self, count: int, wait_seconds: float) -> None:
+        self.count = count
+        self.wait_seconds = wait_seconds
+        self._free = threading.BoundedSemaphore(count)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        if not self._free.acquire(timeout=self.wait_seconds):
+            raise self._busy()
+        try:
+            yield
+        finally:
+            self._free.release()
+
+    def _busy(self) -> ServiceUnavailable:
+        retry_after = max(1, math.ceil(self.wait_seconds))
+        return ServiceUnavailable(
+            f"All {self.count} torch checkpoint loaders (CKPT_MAX_TORCH_LOADERS) stayed busy for "
+            f"{self.wait_seconds:g} s (CKPT_TORCH_LOADER_WAIT_SECONDS); nothing was stored. "
+            f"Retry the upload in {retry_after} s.",
+            code="torch_loaders_busy",
+            headers={"Retry-After": str(retry_after)},
+        )
+
+
+_loader_slots = LoaderSlots(2, 60.0)
+
+
+def configure_loader_slots(count: int, wait_seconds: float) -> None:
+    """Set this process's loader cap (the API's lifespan does, from its settings)."""
+    global _loader_slots
+    _loader_slots = LoaderSlots(count, wait_seconds)
+
+
 def run_child(
     src: Path, out_dir: Path, options: ChildOptions, limits: IngestLimits
 ) -> dict[str, Any]:
-    """Run the loader child and return its JSON result, or raise RejectedCheckpoint."""
+    """Run the loader child and return its JSON result, or raise RejectedCheckpoint (or
+    ServiceUnavailable when every loader slot stays busy)."""
+    with _loader_slots.held():
+        return _run_limited_child(src, out_dir, options, limits)
+
+
+def _run_limited_child(
+    src: Path, out_dir: Path, options: ChildOptions, limits: IngestLimits
+) -> dict[str, Any]:
     command = [sys.executable, "-P", "-s", "-m", CHILD_MODULE, str(src), str(out_dir)]
     command.append(options.to_json())
     file_size_limit = options.max_output_bytes + options.max_header_bytes + _JSON_FILE_SLACK
     wall_seconds = limits.torch_cpu_seconds + _WALL_CLOCK_GRACE_SECONDS
+    # No preexec_fn (unsafe in a threaded server): the child waits for GO_BYTE on stdin before
+    # it opens anything, and the limits are set on it from here in the meantime.
     process = subprocess.Popen(
         command,
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=out_dir,
         env=child_environment(),
         start_new_session=True,
-        preexec_fn=lambda: limit_resources(
-            limits.torch_memory_bytes, limits.torch_cpu_seconds, file_size_limit
-        ),
     )
     try:
-        stdout, stderr = process.communicate(timeout=wall_seconds)
+        limit_resources(
+            process.pid, limits.torch_memory_bytes, limits.torch_cpu_seconds, file_size_limit
+        )
+        stdout, stderr = process.communicate(GO_BYTE, timeout=wall_seconds)
     except subprocess.TimeoutExpired:
         _kill_process_group(process)
         process.communicate()
@@ -319,6 +373,10 @@ def run_child(
             f"Loading the checkpoint took longer than {wall_seconds} seconds and was stopped.",
             code="torch_resource_limit",
         ) from None
+    except BaseException:
+        _kill_process_group(process)
+        process.communicate()
+        raise
     return _interpret_child_exit(process.returncode, stdout, stderr)
 
 
@@ -338,22 +396,27 @@ def child_environment() -> dict[str, str]:
         "MKL_NUM_THREADS": "1",
         "OPENBLAS_NUM_THREADS": "1",
         "MALLOC_ARENA_MAX": "2",
+        **parent_env(),  # the child is SIGKILLed if the server dies while it loads
     }
 
 
-def limit_resources(memory_bytes: int, cpu_seconds: int, file_bytes: int) -> None:
-    """preexec_fn: runs in the forked child before exec, so limits hold from its first byte."""
-    _lower_limit(resource.RLIMIT_AS, memory_bytes, memory_bytes)
-    _lower_limit(resource.RLIMIT_CPU, cpu_seconds, cpu_seconds + _CPU_HARD_LIMIT_GRACE_SECONDS)
-    _lower_limit(resource.RLIMIT_FSIZE, file_bytes, file_bytes)
-    _lower_limit(resource.RLIMIT_CORE, 0, 0)
+def limit_resources(pid: int, memory_bytes: int, cpu_seconds: int, file_bytes: int) -> None:
+    """Lower the child's rlimits (prlimit) while it waits for GO_BYTE, before it reads the upload.
+
+    A child that already died is left to the exit status communicate() reports."""
+    with contextlib.suppress(ProcessLookupError):
+        _lower_limit(pid, resource.RLIMIT_AS, memory_bytes, memory_bytes)
+        cpu_hard = cpu_seconds + _CPU_HARD_LIMIT_GRACE_SECONDS
+        _lower_limit(pid, resource.RLIMIT_CPU, cpu_seconds, cpu_hard)
+        _lower_limit(pid, resource.RLIMIT_FSIZE, file_bytes, file_bytes)
+        _lower_limit(pid, resource.RLIMIT_CORE, 0, 0)
 
 
-def _lower_limit(kind: int, soft: int, hard: int) -> None:
-    _, current_hard = resource.getrlimit(kind)
+def _lower_limit(pid: int, kind: int, soft: int, hard: int) -> None:
+    _, current_hard = resource.prlimit(pid, kind)
     if current_hard != resource.RLIM_INFINITY:
         soft, hard = min(soft, current_hard), min(hard, current_hard)
-    resource.setrlimit(kind, (soft, hard))
+    resource.prlimit(pid, kind, (soft, hard))
 
 
 def _kill_process_group(process: subprocess.Popen[bytes]) -> None:

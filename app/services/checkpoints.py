@@ -27,6 +27,7 @@ from app.services.eviction import DeletedCheckpoint, checkpoints_in_use
 from app.services.verifications import default_request, schedule_verification
 from app.services.views import CheckpointPage, CheckpointView, TensorList, TensorView
 from app.storage.base import BlobStorage
+from app.storage.leases import BlobLeases
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class CheckpointService:
         self.store = store
         self.limits = limits
         self.job_max_attempts = job_max_attempts
+        self.leases = BlobLeases(db, store)
         # Called after a deletion commits (the generation cache evicts the model, its folder goes)
         self.on_deleted: list[Callable[[DeletedCheckpoint], None]] = []
 
@@ -100,32 +102,31 @@ class CheckpointService:
             return _views(repo, [row])[0]
 
     def _store(self, request: UploadRequest, inspection: Inspection) -> tuple[CheckpointView, bool]:
-        added: set[str] = set()
-        with self.store.reference_lock:
-            try:
-                self._put_blobs(request.spooled, inspection, added)
-                faults.stop_here("after_blobs", self.store.root)
-                view = self._insert(request, inspection)
-                faults.stop_here("after_commit", self.store.root)
-                return view, True
-            except IntegrityError:
-                # A concurrent upload of the same bytes under the same name won the race.
-                existing = self._same_upload(request.name, request.spooled.sha256)
-                if existing is None:
-                    raise
-                return existing, False
-            finally:
-                self._drop_unreferenced(added)
+        sources = _blob_sources(request.spooled, inspection)
+        try:
+            with self.leases.holding(sources.keys()):
+                return self._put_and_insert(request, inspection, sources)
+        finally:
+            # Whatever failed, none of these is left unreferenced: not the blobs this upload
+            # stored, nor one it found stored that a concurrent delete spared for its lease.
+            self._drop_unreferenced(set(sources))
 
-    def _put_blobs(self, spooled: SpooledUpload, inspection: Inspection, added: set[str]) -> None:
-        """Store every blob, collecting the new ones in `added` as they go: when a later one
-        fails (a full disk), the caller still knows which to take back."""
-        pending = {spooled.sha256: spooled.path}
-        for record in inspection.files:
-            pending.setdefault(record.sha256, inspection.sources[record.path])
-        for sha, path in pending.items():
-            if self.store.put(path, sha):
-                added.add(sha)
+    def _put_and_insert(
+        self, request: UploadRequest, inspection: Inspection, sources: dict[str, Path]
+    ) -> tuple[CheckpointView, bool]:
+        try:
+            for sha, path in sources.items():
+                self.store.put(path, sha)
+            faults.stop_here("after_blobs", self.store.root)
+            view = self._insert(request, inspection)
+            faults.stop_here("after_commit", self.store.root)
+            return view, True
+        except IntegrityError:
+            # A concurrent upload of the same bytes under the same name won the race.
+            existing = self._same_upload(request.name, request.spooled.sha256)
+            if existing is None:
+                raise
+            return existing, False
 
     def _insert(self, request: UploadRequest, inspection: Inspection) -> CheckpointView:
         with self.db.transaction() as session:
@@ -146,12 +147,13 @@ class CheckpointService:
             return _views(repo, [row])[0]
 
     def _drop_unreferenced(self, digests: set[str]) -> None:
+        """Collect those of `digests` that nothing references any more (the collector checks
+        again, with the blob locked, before it deletes one)."""
         if not digests:
             return
         with self.db.reading() as session:
             keep = CheckpointRepository(session).digests_still_referenced(digests)
-        for digest in digests - keep:
-            self.store.delete(digest)
+        self.leases.collect(digests - keep)
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -218,35 +220,44 @@ class CheckpointService:
         return self.get(row.id)
 
     def delete(self, ref: str) -> None:
-        with self.store.reference_lock:
-            with self.db.transaction() as session:
-                repo = CheckpointRepository(session)
-                row = repo.require(ref)
-                digests = {row.sha256} | {f.sha256 for f in row.files}
-                name, was_latest = row.name, LATEST in {a.alias for a in row.aliases}
-                deleted = DeletedCheckpoint(row.id, in_use=row.id in checkpoints_in_use(session))
-                session.delete(row)
-                session.flush()
-                if was_latest and (newest := repo.newest(name)) is not None:
-                    repo.set_alias(name, LATEST, newest.id)
-                update_best_alias(repo, name)
-            self._drop_unreferenced(digests)
+        with self.db.transaction() as session:
+            repo = CheckpointRepository(session)
+            row = repo.require(ref)
+            digests = {row.sha256} | {f.sha256 for f in row.files}
+            name, was_latest = row.name, LATEST in {a.alias for a in row.aliases}
+            deleted = DeletedCheckpoint(row.id, in_use=row.id in checkpoints_in_use(session))
+            session.delete(row)
+            session.flush()
+            if was_latest and (newest := repo.newest(name)) is not None:
+                repo.set_alias(name, LATEST, newest.id)
+            update_best_alias(repo, name)
+        self._drop_unreferenced(digests)
         for listener in self.on_deleted:
             listener(deleted)
 
     # -- maintenance ----------------------------------------------------------------------------
 
     def recover_storage(self) -> dict[str, int]:
-        """At startup: remove interrupted uploads' temp files and blobs no row references."""
+        """At startup: remove interrupted uploads' temp files, and blobs no row references and
+        no live lease names (older than the grace period, where other processes share them)."""
         self.store.prepare()
         temp = self.store.clear_tmp()
-        with self.store.reference_lock:
-            with self.db.reading() as session:
-                referenced = CheckpointRepository(session).referenced_digests()
-            orphans = self.store.collect_garbage(referenced)
+        # Without a grace period this process owns the storage: its leases are a past life's.
+        self.leases.prune(every=not self.store.orphan_grace_seconds)
+        with self.db.reading() as session:
+            referenced = CheckpointRepository(session).referenced_digests()
+        orphans = self.leases.collect(self.store.orphan_candidates(referenced))
         if temp or orphans:
             log.info("startup cleanup: %d temp entries, %d orphan blobs", temp, len(orphans))
         return {"temp_entries": temp, "orphan_blobs": len(orphans)}
+
+
+def _blob_sources(spooled: SpooledUpload, inspection: Inspection) -> dict[str, Path]:
+    """sha256 -> the local file holding it, for every blob an upload stores (once each)."""
+    sources = {spooled.sha256: spooled.path}
+    for record in inspection.files:
+        sources.setdefault(record.sha256, inspection.sources[record.path])
+    return sources
 
 
 _EXTENSIONS = {"hf_zip": "zip", "safetensors": "safetensors", "torch": "pt"}

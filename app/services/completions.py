@@ -114,12 +114,13 @@ class Completions:
                         f"The model `{request.model}` does not exist.", code="model_not_found"
                     ) from exc
                 _check_bias_ids(request, prepared)
-                text = (
-                    prompt if isinstance(prompt, str) else prepared.loaded.tokenizer.decode(prompt)
-                )
+                text = prompt if isinstance(prompt, str) else await self._decode(prepared, prompt)
                 index = prompt_index * request.n + sample
                 choices.append(_Choice(index, prompt_index, prepared, text))
         return choices
+
+    async def _decode(self, prepared: Prepared, ids: list[int]) -> str:
+        return await self.generation.engine.decode(prepared.loaded, ids)
 
 
 def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:

@@ -1,18 +1,15 @@
 """What a deleted checkpoint leaves behind outside the database: its model loaded in the
 generation cache and its materialised folder (`<data>/cache/checkpoints/<id>/`).
 
-A folder a running job loads from (the job's checkpoint, or its verification's reference) is
-left in place when its checkpoint is deleted, so the job is not broken mid-load: the worker's
-periodic sweep removes it once no running job uses it. Any other folder goes at once: renamed
-aside first (one atomic step, so `materialize` in another process sees the whole folder or
-none), then removed. A process that already opened the files keeps reading them (POSIX).
+A folder in use is left in place when its checkpoint is deleted, so nothing is broken mid-load:
+one a running job loads from (the job's checkpoint, or its verification's reference, as the
+database says) or one pinned by any process sharing the data dir (app.worker.folders). The
+worker's periodic sweep removes it once neither holds. Any other folder goes at once.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -23,6 +20,7 @@ from sqlalchemy.orm import Session
 from app.db.engine import Database
 from app.db.models import Checkpoint, Job, Verification
 from app.jobs.queue import RUNNING
+from app.worker.folders import remove_folder
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +49,6 @@ def checkpoints_in_use(session: Session) -> set[str]:
         if isinstance(reference, str):
             used.add(reference)
     return used
-
-
-def remove_folder(root: Path, checkpoint_id: str) -> bool:
-    """Remove a materialised folder; False when there was none."""
-    aside = root / f".{checkpoint_id}.deleted.{uuid.uuid4().hex[:8]}"
-    try:
-        (root / checkpoint_id).rename(aside)
-    except FileNotFoundError:
-        return False
-    shutil.rmtree(aside, ignore_errors=True)
-    return True
 
 
 class DeletionEviction:

@@ -134,7 +134,7 @@ class TextGeneration:
         self._check_caps(prompt, params)
         params.validate_sampling(max_stop_sequences=self.limits.max_stop_sequences)
         loaded = await self.engine.model(model.id)
-        ids = list(loaded.tokenizer(prompt)["input_ids"]) if isinstance(prompt, str) else prompt
+        ids = await self.engine.encode(loaded, prompt) if isinstance(prompt, str) else prompt
         if truncate is not None:
             if not 0 < truncate < loaded.context_length:
                 raise ValidationFailed(

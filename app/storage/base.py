@@ -11,7 +11,6 @@ import contextlib
 import re
 import shutil
 import tempfile
-import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -35,9 +34,6 @@ class BlobStorage(ABC):
         self.root = root
         self.tmp_dir = root / "tmp"
         self.orphan_grace_seconds = orphan_grace_seconds
-        # Held while a change makes blobs referenced or unreferenced (store + commit, or delete +
-        # collect), so garbage collection never removes a blob a concurrent upload is adopting.
-        self.reference_lock = threading.RLock()
 
     # -- the blobs ------------------------------------------------------------------------------
 
@@ -111,14 +107,10 @@ class BlobStorage(ABC):
         """The blobs a garbage collection may remove when unreferenced: all of them here."""
         return self.iter_digests()
 
-    def collect_garbage(self, referenced: set[str]) -> list[str]:
-        """Delete the unreferenced blobs among the sweepable ones (under the reference lock)."""
-        with self.reference_lock:
-            candidates = self.sweepable_digests()
-            orphans = [digest for digest in candidates if digest not in referenced]
-            for digest in orphans:
-                self.delete(digest)
-        return orphans
+    def orphan_candidates(self, referenced: set[str]) -> list[str]:
+        """The sweepable blobs outside `referenced`: what a startup sweep offers the collector
+        (app.storage.leases), which deletes each only if still unreferenced and unleased."""
+        return [digest for digest in self.sweepable_digests() if digest not in referenced]
 
 
 def _last_written(entry: Path) -> float:

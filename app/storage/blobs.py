@@ -95,6 +95,7 @@ class BlobStore(BlobStorage):
             return False
         with out_of_space_is_507("while storing the upload"):
             faults.before_write("blob")
+            faults.rendezvous("blob", self.root)
             dest.parent.mkdir(parents=True, exist_ok=True)
             _fsync_file(src)
             os.replace(src, dest)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from app import faults
 from app.errors import NotFound, ServiceUnavailable
 from app.storage.base import SHA256, BlobStorage, check_digest
 from app.storage.cache import BlobCache
@@ -110,6 +111,7 @@ class S3BlobStore(BlobStorage):
         try:
             if self.exists(sha256):
                 return False
+            faults.rendezvous("blob", self.root)
             with reachable(self.bucket):
                 self.client.upload_file(
                     str(src), self.bucket, self.key(sha256), Config=self._transfer_config()

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Response
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 
 from app.api.deps import CheckpointsDep, DiffsDep, GenerationDep, VerificationsDep
-from app.api.wire import _TranslatingRoute
+from app.api.translating_route import TranslatingRoute
 from app.display import training_rows
 from app.errors import AppError, Conflict, NotFound
 from app.services.checkpoints import MAX_PAGE, CheckpointService
@@ -22,7 +22,7 @@ _STATIC_TYPES = {"ui.css": "text/css", "ui.js": "text/javascript"}
 _PAGE_SIZE = 50
 
 
-class _HTMLRoute(_TranslatingRoute):
+class _HTMLRoute(TranslatingRoute):
     """Errors on a page are pages too, with the status and message the API would give."""
 
     def render(self, exc: AppError, param: str | None) -> Response:

@@ -3,7 +3,7 @@
 Applies to training checkpoints with an optimizer (from a torch.save upload: ingestion wrote
 optimizer.safetensors, tensors named `state.<param_index>.<key>`, and training.json with the
 param_groups, optimizer type, non-tensor per-parameter state and progress counters; see
-app.ingest.torch_child). Structural checks: the optimizer state is present, the param groups
+app.ingest.torch_training). Structural checks: the optimizer state is present, the param groups
 cover the model's parameters exactly once, every state tensor has its parameter's shape, and the
 epoch or step is recorded. Then the model and the optimizer are rebuilt and one training step is
 taken on a fixed batch (labels = inputs).
@@ -29,7 +29,14 @@ from typing import Any, TypeGuard
 import torch
 from safetensors.torch import load_file
 
-from app.ingest.torch_child import IMPLEMENTATION_FLAGS, KNOWN_FLOAT_BUFFERS
+from app.ingest.optimizer_state import (
+    IMPLEMENTATION_FLAGS,
+    Shape,
+    coverage_problems,
+    is_elementwise,
+    shape_problems,
+    trainable_parameters,
+)
 from app.ingest.torch_pickle import OPTIMIZER_FILE, TRAINING_FILE
 from app.verify.base import CheckContext, CheckResult, not_applicable, verdict
 from app.verify.reference_outputs import default_token_ids
@@ -39,8 +46,6 @@ _MAX_LISTED_PROBLEMS = 20
 _MIN_BATCH_TOKENS = 2
 _STEP_ERRORS = (RuntimeError, ValueError, KeyError, TypeError, IndexError)
 
-Shape = tuple[int, ...]
-
 
 @dataclass
 class OptimizerRecord:
@@ -49,10 +54,6 @@ class OptimizerRecord:
     type: str
     param_groups: list[dict[str, Any]]
     state: dict[int, dict[str, Any]] = field(default_factory=dict)
-
-    @property
-    def group_indices(self) -> list[int]:
-        return [index for group in self.param_groups for index in group["params"]]
 
     @property
     def stateless_sgd(self) -> bool:
@@ -85,7 +86,7 @@ def run(ctx: CheckContext) -> CheckResult:
             problems += ordered_state_problems(record, parameters)
             metrics["parameter_order"] = "model.named_parameters()"
         else:
-            parameters = stored_parameter_shapes(ctx.subject.state_dict())
+            parameters = trainable_parameters(ctx.subject.state_dict())  # as ingestion counts
             problems += unordered_state_problems(record, parameters)
             problems += _ingest_problems(summary.get("resumable"))
             metrics["parameter_order"] = "unknown (no model): shapes compared as multisets"
@@ -165,45 +166,22 @@ def named_parameter_shapes(model: Any) -> list[tuple[str, Shape]]:
     return [(name, tuple(parameter.shape)) for name, parameter in model.named_parameters()]
 
 
-def stored_parameter_shapes(state_dict: dict[str, torch.Tensor]) -> list[tuple[str, Shape]]:
-    """Floating-point stored tensors minus well-known buffers, as ingestion counts parameters."""
-    return [
-        (name, tuple(tensor.shape))
-        for name, tensor in state_dict.items()
-        if (tensor.is_floating_point() or tensor.is_complex())
-        and name.rsplit(".", 1)[-1] not in KNOWN_FLOAT_BUFFERS
-    ]
-
-
 # --- structural checks -----------------------------------------------------------------------
 
 
 def ordered_state_problems(
     record: OptimizerRecord, parameters: list[tuple[str, Shape]]
 ) -> list[str]:
-    problems = _coverage_problems(record, len(parameters))
-    if problems:
+    problems = coverage_problems(record.param_groups, record.state, len(parameters))
+    if problems or (not record.state and record.stateless_sgd):
         return problems
-    if not record.state and record.stateless_sgd:
-        return []
-    for index, (name, shape) in enumerate(parameters):
-        entry = record.state.get(index)
-        if entry is None:
-            problems.append(f"no optimizer state for parameter {index} ({name})")
-            continue
-        for key, value in entry.items():
-            if _is_elementwise(value) and tuple(value.shape) != shape:
-                problems.append(
-                    f"optimizer state.{index}.{key} has shape {list(value.shape)} but parameter "
-                    f"{index} ({name}) has shape {list(shape)}"
-                )
-    return problems
+    return shape_problems(record.state, parameters)
 
 
 def unordered_state_problems(
     record: OptimizerRecord, parameters: list[tuple[str, Shape]]
 ) -> list[str]:
-    problems = _coverage_problems(record, len(parameters))
+    problems = coverage_problems(record.param_groups, record.state, len(parameters))
     if problems or (not record.state and record.stateless_sgd):
         return problems
     if len(record.state) != len(parameters):
@@ -217,7 +195,7 @@ def unordered_state_problems(
         shapes = Counter(
             tuple(entry[key].shape)
             for entry in record.state.values()
-            if _is_elementwise(entry.get(key))
+            if is_elementwise(entry.get(key))
         )
         extra = shapes - available
         if extra:
@@ -226,26 +204,6 @@ def unordered_state_problems(
                 f"optimizer state '{key}' has a tensor of shape {list(shape)} that no parameter has"
             )
     return problems
-
-
-def _coverage_problems(record: OptimizerRecord, parameter_count: int) -> list[str]:
-    indices = record.group_indices
-    if len(set(indices)) != len(indices):
-        return ["the optimizer's param_groups list a parameter index more than once"]
-    if sorted(indices) != list(range(parameter_count)):
-        return [
-            f"the optimizer's param_groups cover {len(indices)} parameters but the model has "
-            f"{parameter_count}"
-        ]
-    strays = sorted(index for index in record.state if not 0 <= index < parameter_count)
-    if strays:
-        return [f"the optimizer has state for parameter indices {strays[:10]} the model lacks"]
-    return []
-
-
-def _is_elementwise(value: Any) -> bool:
-    """Non-scalar state tensors (exp_avg, momentum_buffer, ...) have their parameter's shape."""
-    return isinstance(value, torch.Tensor) and value.dim() > 0
 
 
 def _ingest_problems(resumable: Any) -> list[str]:

@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load as load_safetensors_bytes
 
 from app.errors import AppError
-from app.ingest.archive import scan_zip
+from app.ingest.archive_scan import scan_zip
 from app.services.views import TensorView
 from app.verify.base import CheckContext, CheckResult, verdict
 

@@ -18,7 +18,15 @@ from safetensors.torch import load_file
 from app.errors import AppError, NotFound
 from app.services.views import CheckpointView, FileView, TensorView
 from app.storage.base import BlobStorage
+from app.storage.cache import BlobPins
+from app.storage.pins import Pin
 from app.verify.base import LoadedCheckpoint
+from app.worker.folders import (
+    DEFAULT_MAX_ENTRIES,
+    evict_least_recently_used,
+    hold_folder,
+    release_unbuilt,
+)
 
 KNOWN_MODEL_TYPES = {"gpt2"}
 
@@ -31,8 +39,31 @@ class CheckpointFileMissing(AppError):
     code = "checkpoint_file_missing"
 
 
-def materialize(view: CheckpointView, store: BlobStorage, root: Path) -> Path:
-    """A folder whose files are symlinks to the checkpoint's blobs, checked on every use.
+class MaterializedFolder:
+    """A checkpoint's folder held in use, in every process sharing the data dir, until
+    `release()`: the folder itself and the blobs its links point to (when a cache holds them)."""
+
+    def __init__(self, path: Path, folder_pin: Pin, blob_pins: BlobPins) -> None:
+        self.path = path
+        self._folder_pin = folder_pin
+        self._blob_pins = blob_pins
+
+    def release(self) -> None:
+        self._blob_pins.release()
+        self._folder_pin.release()
+
+    def __enter__(self) -> MaterializedFolder:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+def materialize(
+    view: CheckpointView, store: BlobStorage, root: Path, *, max_folders: int = DEFAULT_MAX_ENTRIES
+) -> MaterializedFolder:
+    """A folder whose files are symlinks to the checkpoint's blobs, checked on every use, held
+    in use until released; beyond `max_folders` the least recently used ones not in use go.
 
     An entry that does not hold exactly the recorded files, each a link to the blob with its
     recorded sha256, is rebuilt atomically, whatever broke it (relative links, a blob cache file
@@ -40,11 +71,24 @@ def materialize(view: CheckpointView, store: BlobStorage, root: Path) -> Path:
     re-hashed. The blobs are asked for every time: a remote store's cache may have evicted a
     file since the folder was built, and fetching it again puts it back where the link points.
     """
-    targets = {file.path: _blob_path(view, file, store) for file in view.files}
-    folder = root / view.id
-    if not _holds(folder, targets):
-        _rebuild(folder, targets)
-    return folder
+    folder_pin = hold_folder(root, view.id)
+    blob_pins = BlobPins(f"checkpoint {view.ref}", _distinct_bytes(view))
+    try:
+        with blob_pins.collecting():
+            targets = {file.path: _blob_path(view, file, store) for file in view.files}
+        folder = root / view.id
+        if not _holds(folder, targets):
+            _rebuild(folder, targets)
+    except BaseException:
+        blob_pins.release()
+        release_unbuilt(root, view.id, folder_pin)
+        raise
+    evict_least_recently_used(root, max_folders)
+    return MaterializedFolder(folder, folder_pin, blob_pins)
+
+
+def _distinct_bytes(view: CheckpointView) -> int:
+    return sum({file.sha256: file.size for file in view.files}.values())
 
 
 def _blob_path(view: CheckpointView, file: FileView, store: BlobStorage) -> Path:

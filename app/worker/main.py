@@ -47,7 +47,13 @@ class Worker:
         cache.mkdir(parents=True, exist_ok=True)
         self.folders = cache
         self.verify = VerifyJobRunner(
-            self.db, self.store, self.queue, self.device, cache, settings.ingest_limits
+            self.db,
+            self.store,
+            self.queue,
+            self.device,
+            cache,
+            settings.ingest_limits,
+            max_folders=settings.model_folder_cache_entries,
         )
         self.stop = threading.Event()
         self.retention = Retention(settings.job_retention_seconds, settings.job_retention_count)

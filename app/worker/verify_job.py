@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import time
 from dataclasses import dataclass, field, replace
@@ -25,6 +26,7 @@ from app.verify.reference_outputs import parse_reference_outputs
 from app.verify.runner import check_inputs_fit, choose_inputs, overall_verdict, run_checks
 from app.verify.verdicts import report_verdict
 from app.worker.device import describe_device, resolve_device
+from app.worker.folders import DEFAULT_MAX_ENTRIES
 from app.worker.loading import CheckpointFileMissing, StoredCheckpoint, materialize
 
 
@@ -36,6 +38,7 @@ class VerifyJobRunner:
     device: torch.device
     cache_dir: Path
     limits: IngestLimits = field(default_factory=IngestLimits)
+    max_folders: int = DEFAULT_MAX_ENTRIES
 
     def run(self, job: ClaimedJob) -> None:
         started = utcnow()
@@ -45,7 +48,8 @@ class VerifyJobRunner:
                 self.queue.finish(session, job, error="the verification no longer exists")
             return
         self._mark_running(job.subject_id)
-        report = self._report(plan, started)
+        with contextlib.ExitStack() as held_for_the_job:
+            report = self._report(plan, started, held_for_the_job)
         with self.db.transaction() as session:
             self.queue.finish(session, job)
             _save_report(session, job.subject_id, report)
@@ -72,14 +76,14 @@ class VerifyJobRunner:
             if verification is not None:
                 verification.status = "running"
 
-    def _report(self, plan: _Plan, started: Any) -> dict[str, Any]:
+    def _report(self, plan: _Plan, started: Any, held: contextlib.ExitStack) -> dict[str, Any]:
         clock = time.perf_counter()
         device = self._device_for(plan.request.get("device", "auto"))
         try:
-            subject = self._loaded(plan.subject, device)
+            subject = self._loaded(plan.subject, device, held)
         except CheckpointFileMissing as missing:
             return _incomplete_report(plan, device, missing.message, started, clock)
-        reference = self._loaded(plan.reference, device) if plan.reference else None
+        reference = self._loaded(plan.reference, device, held) if plan.reference else None
         options = _options(plan.request)
         if plan.outputs is not None:
             # The document fixes the inputs and continuation length its outputs were made with.
@@ -119,9 +123,14 @@ class VerifyJobRunner:
     def _device_for(self, requested: str) -> torch.device:
         return self.device if requested == "auto" else resolve_device(requested)
 
-    def _loaded(self, snapshot: _Snapshot, device: torch.device) -> StoredCheckpoint:
-        folder = materialize(snapshot.view, self.store, self.cache_dir)
-        return StoredCheckpoint(snapshot.view, folder, snapshot.tensors, device)
+    def _loaded(
+        self, snapshot: _Snapshot, device: torch.device, held: contextlib.ExitStack
+    ) -> StoredCheckpoint:
+        """The checkpoint's folder, its files pinned (kept from eviction) until `held` closes."""
+        folder = held.enter_context(
+            materialize(snapshot.view, self.store, self.cache_dir, max_folders=self.max_folders)
+        )
+        return StoredCheckpoint(snapshot.view, folder.path, snapshot.tensors, device)
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,9 @@ import torch
 from safetensors.torch import save_file
 
 from app.errors import InsufficientStorage, PayloadTooLarge, RejectedCheckpoint
-from app.ingest import archive as archive_module
-from app.ingest.archive import ExtractedFile, ZipMember, ZipPlan, extract_zip, scan_zip
+from app.ingest import archive_extract, archive_scan
+from app.ingest.archive_extract import ExtractedFile, extract_zip
+from app.ingest.archive_scan import ZipMember, ZipPlan, scan_zip
 from app.ingest.safetensors_format import hash_safetensors_file
 from app.ingest.types import IngestLimits
 from tests.hostile.builders import (
@@ -179,8 +180,8 @@ def test_zip64_end_records_are_read(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_extract_writes_every_member_with_hashes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compression: int, offload: bool
 ) -> None:
-    monkeypatch.setattr(archive_module, "EXTRACT_BLOCK_SIZE", 1000)  # many blocks per member
-    monkeypatch.setattr(archive_module, "OFFLOAD_MIN_BYTES", 0 if offload else 1 << 62)
+    monkeypatch.setattr(archive_extract, "EXTRACT_BLOCK_SIZE", 1000)  # many blocks per member
+    monkeypatch.setattr(archive_extract, "OFFLOAD_MIN_BYTES", 0 if offload else 1 << 62)
     weights = tmp_path / "model.safetensors"
     expected_tensors = safetensors_file(weights)
     contents = {
@@ -225,9 +226,9 @@ class FullDisk(io.RawIOBase):
 def test_a_full_disk_is_reported_as_such(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offload: bool
 ) -> None:
-    monkeypatch.setattr(archive_module, "EXTRACT_BLOCK_SIZE", 100)
-    monkeypatch.setattr(archive_module, "OFFLOAD_MIN_BYTES", 0 if offload else 1 << 62)
-    monkeypatch.setattr(archive_module, "_create_target", lambda root, relative: FullDisk())
+    monkeypatch.setattr(archive_extract, "EXTRACT_BLOCK_SIZE", 100)
+    monkeypatch.setattr(archive_extract, "OFFLOAD_MIN_BYTES", 0 if offload else 1 << 62)
+    monkeypatch.setattr(archive_extract, "_create_target", lambda root, relative: FullDisk())
     path = write(tmp_path, zip_bytes({"a.bin": bytes(range(256)) * 10}))
     dest = tmp_path / "dest"
     dest.mkdir()
@@ -456,7 +457,7 @@ def test_absurd_central_directory_size_is_rejected(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = write(tmp_path, zip_bytes({"a.txt": b"a"}))
-    monkeypatch.setattr(archive_module, "MAX_CENTRAL_DIRECTORY_BYTES", 40)
+    monkeypatch.setattr(archive_scan, "MAX_CENTRAL_DIRECTORY_BYTES", 40)
     assert reject(path).code == "zip_central_directory_too_large"
 
 

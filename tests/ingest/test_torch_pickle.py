@@ -25,7 +25,7 @@ from torch._weights_only_unpickler import _get_allowed_globals
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from app.errors import RejectedCheckpoint
-from app.ingest import torch_child, torch_pickle
+from app.ingest import torch_child, torch_pickle, torch_training
 from app.ingest.torch_pickle import (
     MODEL_FILE,
     OPTIMIZER_FILE,
@@ -33,6 +33,7 @@ from app.ingest.torch_pickle import (
     TorchConversion,
     convert_torch_checkpoint,
 )
+from app.ingest.torch_rejection import Rejection
 from app.ingest.types import IngestLimits
 from tests.hostile.builders import (
     Reduce,
@@ -101,8 +102,8 @@ def convert_in_process(src: Path, out_dir: Path) -> dict[str, Any]:
     return torch_child.run(src, out_dir, options)
 
 
-def rejection_in_process(src: Path, out_dir: Path) -> torch_child.Rejection:
-    with pytest.raises(torch_child.Rejection) as caught:
+def rejection_in_process(src: Path, out_dir: Path) -> Rejection:
+    with pytest.raises(Rejection) as caught:
         convert_in_process(src, out_dir)
     return caught.value
 
@@ -242,14 +243,14 @@ def test_python_float_step_goes_to_json(tmp_path: Path) -> None:
 
 
 def test_adam_without_decoupled_flag_is_guessed_from_weight_decay() -> None:
-    def optimizer_with(weight_decay: float) -> torch_child.Optimizer:
+    def optimizer_with(weight_decay: float) -> torch_training.Optimizer:
         group = {"lr": 1e-3, "betas": (0.9, 0.999), "amsgrad": False, "params": [0]}
-        return torch_child.Optimizer(
+        return torch_training.Optimizer(
             state={}, param_groups=[{**group, "weight_decay": weight_decay}]
         )
 
-    assert torch_child.guess_optimizer_type(optimizer_with(0.0))[0] == "Adam"
-    assert torch_child.guess_optimizer_type(optimizer_with(0.01))[0] == "AdamW"
+    assert torch_training.guess_optimizer_type(optimizer_with(0.0))[0] == "Adam"
+    assert torch_training.guess_optimizer_type(optimizer_with(0.01))[0] == "AdamW"
 
 
 def test_optimizer_state_with_wrong_shape_is_not_resumable(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -11,7 +10,6 @@ import pytest
 from sqlalchemy import select
 
 from app.db.engine import Database
-from app.db.migrate import upgrade
 from app.db.models import Job
 from app.jobs.queue import SUCCEEDED
 from tests.api.test_upload import upload_raw
@@ -33,11 +31,8 @@ WORKERS, JOBS = 4, 200
 
 
 @pytest.fixture
-def database(database_url: str) -> Iterator[Database]:
-    upgrade(database_url)
-    db = Database(database_url)
-    yield db
-    db.dispose()
+def database(migrated_database: Database) -> Database:
+    return migrated_database
 
 
 def test_four_workers_run_each_of_200_jobs_exactly_once(database: Database, tmp_path: Path) -> None:

@@ -26,10 +26,9 @@ def age(path: Path, seconds: float) -> None:
 def test_young_orphans_survive_and_old_ones_go(tmp_path: Path) -> None:
     store = BlobStore(tmp_path / "data", orphan_grace_seconds=60)
     store.prepare()
-    old, young = (stored(store, tmp_path, data) for data in (b"old", b"young"))
+    old, _young = (stored(store, tmp_path, data) for data in (b"old", b"young"))
     age(store.local_path(old), 120)
-    assert store.collect_garbage(referenced=set()) == [old]
-    assert store.exists(young) and not store.exists(old)
+    assert store.orphan_candidates(referenced=set()) == [old]
 
 
 def test_adopting_a_blob_makes_it_young_again(tmp_path: Path) -> None:
@@ -38,7 +37,7 @@ def test_adopting_a_blob_makes_it_young_again(tmp_path: Path) -> None:
     digest = stored(store, tmp_path, b"shared")
     age(store.local_path(digest), 120)
     stored(store, tmp_path, b"shared")  # another upload of the same bytes adopts it
-    assert store.collect_garbage(referenced=set()) == []
+    assert store.orphan_candidates(referenced=set()) == []
 
 
 def test_temp_files_being_written_survive(tmp_path: Path) -> None:
@@ -60,5 +59,5 @@ def test_without_grace_everything_unreferenced_goes(tmp_path: Path) -> None:
     store.prepare()
     digest = stored(store, tmp_path, b"fresh")
     (store.tmp_dir / "ingest-fresh").mkdir()
-    assert store.collect_garbage(referenced=set()) == [digest]
+    assert store.orphan_candidates(referenced=set()) == [digest]
     assert store.clear_tmp() == 1

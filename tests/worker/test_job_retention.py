@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -41,11 +40,8 @@ KEEP_NONE = Retention(seconds=0, count=0)
 
 
 @pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    upgrade(database_url)
-    database = Database(database_url)
-    yield database
-    database.dispose()
+def db(migrated_database: Database) -> Database:
+    return migrated_database
 
 
 def run_jobs(db: Database, queue: JobQueue, seconds: list[float], *, error: str | None) -> None:

@@ -47,7 +47,8 @@ def assert_healthy(folder: Path, view: CheckpointView, store: BlobStore) -> None
 
 
 def cache_entry(tmp_path: Path, view: CheckpointView, store: BlobStore) -> Path:
-    folder = materialize(view, store, tmp_path / "cache")
+    with materialize(view, store, tmp_path / "cache") as held:
+        folder = held.path
     assert_healthy(folder, view, store)
     return folder
 
@@ -114,7 +115,8 @@ def test_a_sound_entry_is_used_as_it_is(
 ) -> None:
     folder = cache_entry(tmp_path, view, store)
     before = {p.name: p.lstat().st_ino for p in folder.iterdir()}
-    assert materialize(view, store, tmp_path / "cache") == folder
+    with materialize(view, store, tmp_path / "cache") as held:
+        assert held.path == folder
     assert {p.name: p.lstat().st_ino for p in folder.iterdir()} == before
 
 
@@ -124,9 +126,11 @@ def test_a_damaged_entry_is_rebuilt_on_the_next_use(
 ) -> None:
     folder = cache_entry(tmp_path, view, store)
     damage(folder)
-    assert materialize(view, store, tmp_path / "cache") == folder
+    with materialize(view, store, tmp_path / "cache") as held:
+        assert held.path == folder
     assert_healthy(folder, view, store)
-    assert sorted(p.name for p in folder.parent.iterdir()) == [view.id]  # no staging left
+    no_staging_left = [view.id, f"{view.id}.lock"]
+    assert sorted(p.name for p in folder.parent.iterdir()) == no_staging_left
 
 
 def test_generation_heals_a_damaged_entry(

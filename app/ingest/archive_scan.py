@@ -1,32 +1,24 @@
-"""Hardened handling of uploaded zip archives.
+"""The hardened pre-pass over an uploaded zip archive, before a single byte is extracted.
 
-`scan_zip` validates the whole archive from its central directory and local headers before a
-single byte is extracted; `extract_zip` then streams the planned members to disk in one pass that
-also hashes them (and their tensors, for safetensors members).
+`scan_zip` validates the whole archive from its central directory and local headers: structure,
+every entry's name, flags, method, type and sizes, the total size, that no two entries share
+bytes, and the paths the files will get; it returns the plan that app.ingest.archive_extract
+follows.
 """
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import os
 import re
 import stat
 import struct
 import unicodedata
 import zipfile
-import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, BinaryIO, Literal, NoReturn
+from typing import BinaryIO, Literal, NoReturn
 
-from app.errors import InsufficientStorage, PayloadTooLarge, RejectedCheckpoint
-from app.ingest.safetensors_format import (
-    BlockWorker,
-    SafetensorsHeader,
-    SafetensorsStreamHasher,
-)
+from app.errors import PayloadTooLarge, RejectedCheckpoint
 from app.ingest.types import IngestLimits
 
 ZipKind = Literal["folder", "torch", "torchscript"]
@@ -34,9 +26,6 @@ ZipKind = Literal["folder", "torch", "torchscript"]
 MAX_CENTRAL_DIRECTORY_BYTES = 64 << 20
 MAX_NAME_LENGTH = 1024
 MAX_COMPONENT_BYTES = 255
-EXTRACT_BLOCK_SIZE = 1 << 20
-# Smaller members are hashed and written inline: a helper thread costs more than it saves.
-OFFLOAD_MIN_BYTES = 8 << 20
 
 NOISE_BASENAMES = frozenset({".DS_Store", "Thumbs.db"})
 NOISE_FOLDERS = frozenset({"__MACOSX"})
@@ -105,27 +94,19 @@ class ZipPlan:
 
 
 @dataclass(frozen=True)
-class ExtractedFile:
-    """One extracted member; `path` is relative to the destination folder."""
-
-    path: str
-    size: int
-    sha256: str
-    safetensors: tuple[SafetensorsHeader, dict[str, str]] | None
-
-
-@dataclass(frozen=True)
 class _DirectoryLocation:
     entries: int
     offset: int
     size: int
 
 
-def _reject(code: str, message: str) -> NoReturn:
+def reject(code: str, message: str) -> NoReturn:
+    """Refuse the archive: RejectedCheckpoint with the code `zip_<code>`."""
     raise RejectedCheckpoint(message, code=f"zip_{code}")
 
 
-def _quote(name: str) -> str:
+def quote(name: str) -> str:
+    """An entry name fit for a message: repr'd (control characters escaped) and shortened."""
     text = repr(name)
     return text if len(text) <= 120 else text[:117] + "..."
 
@@ -146,13 +127,13 @@ def _find_end_record(file: BinaryIO, file_size: int) -> tuple[int, tuple[int, ..
     if not (tail[at:].startswith(_END_RECORD_SIGNATURE) and tail.endswith(b"\0\0")):
         at = tail.rfind(_END_RECORD_SIGNATURE)
     if at < 0 or at + _END_RECORD.size > len(tail):
-        _reject("corrupt", "not a zip archive (no end-of-central-directory record); truncated?")
+        reject("corrupt", "not a zip archive (no end-of-central-directory record); truncated?")
     fields = _END_RECORD.unpack_from(tail, at)[1:]
     record_end = at + _END_RECORD.size + fields[-1]
     if record_end < len(tail):
-        _reject("trailing_data", f"{len(tail) - record_end} bytes follow the end of the archive")
+        reject("trailing_data", f"{len(tail) - record_end} bytes follow the end of the archive")
     if record_end > len(tail):
-        _reject("corrupt", "the archive ends inside its comment; truncated?")
+        reject("corrupt", "the archive ends inside its comment; truncated?")
     return file_size - tail_len + at, fields
 
 
@@ -171,11 +152,11 @@ def _read_zip64_end(file: BinaryIO, end_record_at: int) -> tuple[int, ...] | Non
         return None
     _, record_disk, declared_at, disks = _ZIP64_LOCATOR.unpack(locator)
     if record_disk != 0 or disks > 1:
-        _reject("unsupported", "multi-disk (split) zip archives are not supported")
+        reject("unsupported", "multi-disk (split) zip archives are not supported")
     # Like zipfile, require the zip64 end record right before its locator, without extra data.
     record_at = locator_at - _ZIP64_END_RECORD.size
     if declared_at < record_at:
-        _reject("prepended_data", f"{record_at - declared_at} bytes precede the zip archive")
+        reject("prepended_data", f"{record_at - declared_at} bytes precede the zip archive")
     record = _read_at(file, record_at, _ZIP64_END_RECORD.size)
     if (
         declared_at != record_at
@@ -183,7 +164,7 @@ def _read_zip64_end(file: BinaryIO, end_record_at: int) -> tuple[int, ...] | Non
         or not record.startswith(_ZIP64_END_RECORD_SIGNATURE)
         or _ZIP64_END_RECORD.unpack(record)[1] != _ZIP64_END_RECORD_BODY
     ):
-        _reject("corrupt", "the zip64 end-of-central-directory record is malformed")
+        reject("corrupt", "the zip64 end-of-central-directory record is malformed")
     *_, disk, directory_disk, here, entries, size, offset = _ZIP64_END_RECORD.unpack(record)
     return disk, directory_disk, here, entries, size, offset, record_at
 
@@ -198,33 +179,33 @@ def _locate_central_directory(
     if zip64 is not None:
         disk, directory_disk, here, entries, size, offset, directory_end = zip64
     if disk != 0 or directory_disk != 0 or here != entries:
-        _reject("unsupported", "multi-disk (split) zip archives are not supported")
+        reject("unsupported", "multi-disk (split) zip archives are not supported")
     _check_directory_size(entries, size, limits)
     gap = directory_end - (offset + size)
     if gap > 0:
-        _reject(
+        reject(
             "prepended_data",
             f"the archive's offsets are {gap} bytes short: data was prepended to it or "
             "inserted before its end record",
         )
     if gap < 0:
-        _reject("corrupt", "the central directory runs past its end record")
+        reject("corrupt", "the central directory runs past its end record")
     return _DirectoryLocation(entries, offset, size)
 
 
 def _check_directory_size(entries: int, size: int, limits: IngestLimits) -> None:
     if entries > limits.max_zip_entries:
-        _reject(
+        reject(
             "too_many_entries",
             f"archive has {entries} entries; the limit is {limits.max_zip_entries}",
         )
     if size > MAX_CENTRAL_DIRECTORY_BYTES:
-        _reject(
+        reject(
             "central_directory_too_large",
             f"central directory is {size} bytes; the limit is {MAX_CENTRAL_DIRECTORY_BYTES}",
         )
     if size < entries * _CENTRAL_RECORD_MIN_BYTES:
-        _reject("corrupt", f"central directory of {size} bytes cannot hold {entries} entries")
+        reject("corrupt", f"central directory of {size} bytes cannot hold {entries} entries")
 
 
 # --- per-entry checks ---------------------------------------------------------------------
@@ -232,32 +213,32 @@ def _check_directory_size(entries: int, size: int, limits: IngestLimits) -> None
 
 def _check_name(name: str) -> None:
     if not name:
-        _reject("bad_name", "an entry has an empty name")
+        reject("bad_name", "an entry has an empty name")
     if len(name) > MAX_NAME_LENGTH:
-        _reject("bad_name", f"entry {_quote(name)}: name is longer than {MAX_NAME_LENGTH}")
+        reject("bad_name", f"entry {quote(name)}: name is longer than {MAX_NAME_LENGTH}")
     if _CONTROL_CHARACTER.search(name):
-        _reject("bad_name", f"entry {_quote(name)}: name contains NUL or control characters")
+        reject("bad_name", f"entry {quote(name)}: name contains NUL or control characters")
     if "\\" in name:
-        _reject("path_traversal", f"entry {_quote(name)}: backslashes are not allowed in names")
+        reject("path_traversal", f"entry {quote(name)}: backslashes are not allowed in names")
     if name.startswith("/") or (name[1:2] == ":" and name[0].isascii() and name[0].isalpha()):
-        _reject("path_traversal", f"entry {_quote(name)}: absolute path")
+        reject("path_traversal", f"entry {quote(name)}: absolute path")
     parts = name.removesuffix("/").split("/")
     if ".." in parts:
-        _reject("path_traversal", f"entry {_quote(name)}: '..' in path")
+        reject("path_traversal", f"entry {quote(name)}: '..' in path")
     if any(part in ("", ".") for part in parts):
-        _reject("bad_name", f"entry {_quote(name)}: empty or '.' path component")
+        reject("bad_name", f"entry {quote(name)}: empty or '.' path component")
     if any(len(part.encode("utf-8")) > MAX_COMPONENT_BYTES for part in parts):
-        _reject("bad_name", f"entry {_quote(name)}: a path component exceeds 255 bytes")
+        reject("bad_name", f"entry {quote(name)}: a path component exceeds 255 bytes")
 
 
 def _check_flags_and_method(info: zipfile.ZipInfo) -> None:
-    name = _quote(info.orig_filename)
+    name = quote(info.orig_filename)
     if info.flag_bits & (_FLAG_ENCRYPTED | _FLAG_STRONG_ENCRYPTION):
-        _reject("encrypted", f"entry {name} is encrypted")
+        reject("encrypted", f"entry {name} is encrypted")
     if info.flag_bits & _FLAG_PATCHED:
-        _reject("unsupported_method", f"entry {name} uses patched data")
+        reject("unsupported_method", f"entry {name} uses patched data")
     if info.compress_type not in (_STORED, _DEFLATED):
-        _reject(
+        reject(
             "unsupported_method",
             f"entry {name} uses compression method {info.compress_type}; "
             "only stored and deflate are supported",
@@ -267,20 +248,20 @@ def _check_flags_and_method(info: zipfile.ZipInfo) -> None:
 def _check_file_type(info: zipfile.ZipInfo) -> None:
     file_type = stat.S_IFMT(info.external_attr >> 16)
     if file_type == stat.S_IFLNK:
-        _reject("symlink", f"entry {_quote(info.orig_filename)} is a symbolic link")
+        reject("symlink", f"entry {quote(info.orig_filename)} is a symbolic link")
     if file_type not in (0, stat.S_IFREG, stat.S_IFDIR):
-        _reject("special_file", f"entry {_quote(info.orig_filename)} is not a regular file")
+        reject("special_file", f"entry {quote(info.orig_filename)} is not a regular file")
 
 
 def _check_sizes(info: zipfile.ZipInfo, limits: IngestLimits) -> None:
-    name = _quote(info.orig_filename)
+    name = quote(info.orig_filename)
     if info.is_dir() and info.file_size:
-        _reject("corrupt", f"directory entry {name} has data")
+        reject("corrupt", f"directory entry {name} has data")
     if info.compress_type == _STORED and info.compress_size != info.file_size:
-        _reject("corrupt", f"stored entry {name}: compressed and real sizes differ")
+        reject("corrupt", f"stored entry {name}: compressed and real sizes differ")
     ratio_limit = limits.max_entry_ratio * info.compress_size
     if info.file_size > limits.ratio_check_min_bytes and info.file_size > ratio_limit:
-        _reject(
+        reject(
             "bomb",
             f"entry {name} claims {info.file_size} bytes from {info.compress_size} compressed "
             f"(more than {limits.max_entry_ratio:g}x)",
@@ -297,9 +278,9 @@ def _check_entry(info: zipfile.ZipInfo, limits: IngestLimits) -> None:
     _check_file_type(info)
     _check_sizes(info, limits)
     if not info.is_dir() and _is_nested_archive(info.orig_filename):
-        _reject(
+        reject(
             "nested_archive",
-            f"entry {_quote(info.orig_filename)} is itself an archive; upload its contents",
+            f"entry {quote(info.orig_filename)} is itself an archive; upload its contents",
         )
 
 
@@ -326,16 +307,16 @@ def _data_start(file: BinaryIO, info: zipfile.ZipInfo) -> int:
     """Offset of the entry's data, from its local header (whose extra field may differ)."""
     header = _read_at(file, info.header_offset, _LOCAL_HEADER.size)
     if len(header) < _LOCAL_HEADER.size or not header.startswith(_LOCAL_HEADER_SIGNATURE):
-        _reject(
+        reject(
             "corrupt",
-            f"entry {_quote(info.orig_filename)}: no local header at offset {info.header_offset}",
+            f"entry {quote(info.orig_filename)}: no local header at offset {info.header_offset}",
         )
     name_len, extra_len = _LOCAL_HEADER.unpack(header)[-2:]
     local_name = _decode_name(file.read(name_len), info.flag_bits)
     if local_name != info.orig_filename:
-        _reject(
+        reject(
             "name_mismatch",
-            f"entry {_quote(info.orig_filename)} is named {_quote(str(local_name))} in its "
+            f"entry {quote(info.orig_filename)} is named {quote(str(local_name))} in its "
             "local header",
         )
     return int(info.header_offset + _LOCAL_HEADER.size + name_len + extra_len)
@@ -348,22 +329,22 @@ def _check_layout(
     ordered = sorted(infos, key=lambda info: info.header_offset)
     if ordered and ordered[0].header_offset > 0:
         first = ordered[0].header_offset
-        _reject("prepended_data", f"{first} bytes of unexpected data precede the first entry")
+        reject("prepended_data", f"{first} bytes of unexpected data precede the first entry")
     data_end = 0
     previous: zipfile.ZipInfo | None = None
     for info in ordered:
         if previous is not None and info.header_offset < data_end:
-            _reject(
+            reject(
                 "overlapping_entries",
-                f"entry {_quote(info.orig_filename)} overlaps the data of "
-                f"{_quote(previous.orig_filename)}",
+                f"entry {quote(info.orig_filename)} overlaps the data of "
+                f"{quote(previous.orig_filename)}",
             )
         data_end = _data_start(file, info) + info.compress_size
         previous = info
     if previous is not None and data_end > directory.offset:
-        _reject(
+        reject(
             "overlapping_entries",
-            f"entry {_quote(previous.orig_filename)} overlaps the central directory",
+            f"entry {quote(previous.orig_filename)} overlaps the central directory",
         )
 
 
@@ -399,7 +380,7 @@ def _check_exact_duplicates(infos: Iterable[zipfile.ZipInfo]) -> None:
     seen: set[str] = set()
     for info in infos:
         if info.orig_filename in seen:
-            _reject("duplicate_name", f"entry {_quote(info.orig_filename)} appears twice")
+            reject("duplicate_name", f"entry {quote(info.orig_filename)} appears twice")
         seen.add(info.orig_filename)
 
 
@@ -410,9 +391,9 @@ def _check_distinct_paths(members: Sequence[ZipMember]) -> None:
     for member in members:
         key = _fold(member.path)
         if key in seen:
-            _reject(
+            reject(
                 "duplicate_name",
-                f"entries {_quote(seen[key])} and {_quote(member.path)} differ only in case "
+                f"entries {quote(seen[key])} and {quote(member.path)} differ only in case "
                 "or Unicode normalization",
             )
         seen[key] = member.path
@@ -420,7 +401,7 @@ def _check_distinct_paths(members: Sequence[ZipMember]) -> None:
         folders.update("/".join(parts[:depth]) for depth in range(1, len(parts)))
     for key, path in seen.items():
         if key in folders:
-            _reject("duplicate_name", f"{_quote(path)} is both a file and a folder")
+            reject("duplicate_name", f"{quote(path)} is both a file and a folder")
 
 
 def _classify(paths: Iterable[str]) -> ZipKind:
@@ -438,7 +419,7 @@ def _plan(infos: Sequence[zipfile.ZipInfo]) -> ZipPlan:
     _check_exact_duplicates(infos)
     files = [info for info in infos if not info.is_dir() and not _is_noise(info.orig_filename)]
     if not files:
-        _reject("empty", "the archive contains no files")
+        reject("empty", "the archive contains no files")
     top_folder = _common_top_folder([info.orig_filename for info in files])
     members = tuple(
         ZipMember(
@@ -463,9 +444,9 @@ def _read_infos(file: BinaryIO, directory: _DirectoryLocation) -> list[zipfile.Z
         with zipfile.ZipFile(file) as archive:
             infos = archive.infolist()
     except (zipfile.BadZipFile, ValueError, EOFError, struct.error, NotImplementedError) as error:
-        _reject("corrupt", f"the archive's central directory is unreadable: {error}")
+        reject("corrupt", f"the archive's central directory is unreadable: {error}")
     if len(infos) != directory.entries:
-        _reject(
+        reject(
             "corrupt",
             f"the archive declares {directory.entries} entries but lists {len(infos)}",
         )
@@ -483,116 +464,3 @@ def scan_zip(path: str | os.PathLike[str], limits: IngestLimits) -> ZipPlan:
         _check_total_size(infos, limits)
         _check_layout(file, infos, directory)
     return _plan(infos)
-
-
-# --- extraction ------------------------------------------------------------------------------
-
-
-def _prepare_destination(dest: Path) -> Path:
-    if dest.is_symlink() or not dest.is_dir() or any(dest.iterdir()):
-        raise ValueError(f"extraction destination {dest} must be an existing empty folder")
-    return dest.resolve()
-
-
-def _create_target(root: Path, relative: str) -> BinaryIO:
-    target = root.joinpath(*relative.split("/"))
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if not target.parent.resolve().is_relative_to(root):
-            _reject("path_traversal", f"{_quote(relative)} would land outside the folder")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        descriptor = os.open(target, flags, 0o644)
-    except (FileExistsError, NotADirectoryError):
-        _reject("duplicate_name", f"{_quote(relative)} collides with another extracted path")
-    return os.fdopen(descriptor, "wb")
-
-
-def _matching_info(archive: zipfile.ZipFile, member: ZipMember) -> zipfile.ZipInfo:
-    try:
-        info = archive.getinfo(member.name_in_zip)
-    except KeyError:
-        _reject("corrupt", f"entry {_quote(member.name_in_zip)} is missing from the archive")
-    declared = (info.file_size, info.compress_size, info.CRC, info.compress_type)
-    if declared != (member.size, member.compress_size, member.crc, member.method):
-        _reject("corrupt", f"entry {_quote(member.name_in_zip)} changed since it was scanned")
-    return info
-
-
-def _copy_member(
-    source: IO[bytes], out: BinaryIO, member: ZipMember, limits: IngestLimits
-) -> tuple[str, tuple[SafetensorsHeader, dict[str, str]] | None]:
-    """Copies one member, hashing it (and its tensors) as the bytes go by.
-
-    The helper thread hashes and writes while this thread reads, checks the CRC and hashes the
-    tensors: measured about 1.8x faster than one thread on two cores.
-    """
-    tensors = None
-    if member.path.endswith(".safetensors"):
-        tensors = SafetensorsStreamHasher(member.size, limits)
-    file_hash = hashlib.sha256()
-
-    def hash_and_write(block: bytes) -> None:
-        file_hash.update(block)
-        out.write(block)
-
-    written = 0
-    offload = member.size >= OFFLOAD_MIN_BYTES
-    with BlockWorker(hash_and_write, offload=offload) as worker:
-        while block := source.read(EXTRACT_BLOCK_SIZE):
-            written += len(block)
-            if written > member.size:
-                _reject("bomb", f"entry {_quote(member.name_in_zip)} expands past its size")
-            worker.submit(block)
-            if tensors is not None:
-                tensors.update(block)
-        worker.finish()
-    if written != member.size:
-        _reject("corrupt", f"entry {_quote(member.name_in_zip)} is truncated")
-    return file_hash.hexdigest(), tensors.finish() if tensors is not None else None
-
-
-def _extract_member(
-    archive: zipfile.ZipFile, member: ZipMember, root: Path, limits: IngestLimits
-) -> ExtractedFile:
-    info = _matching_info(archive, member)
-    try:
-        with archive.open(info) as source, _create_target(root, member.path) as out:
-            digest, tensors = _copy_member(source, out, member, limits)
-    except (zipfile.BadZipFile, zlib.error, EOFError) as error:
-        _reject("corrupt", f"entry {_quote(member.name_in_zip)} is damaged: {error}")
-    except OSError as error:
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise InsufficientStorage("the server ran out of disk space while unpacking") from error
-        raise
-    except RejectedCheckpoint as error:
-        if not error.code.startswith("safetensors_"):
-            raise
-        raise RejectedCheckpoint(f"{member.path}: {error.message}", code=error.code) from None
-    return ExtractedFile(member.path, member.size, digest, tensors)
-
-
-def extract_zip(
-    path: str | os.PathLike[str],
-    plan: ZipPlan,
-    dest: Path,
-    limits: IngestLimits,
-    on_file: Callable[[ExtractedFile], None] | None = None,
-) -> list[ExtractedFile]:
-    """Streams the plan's members into the empty folder `dest`, hashing them on the way.
-
-    `on_file` is called after each file is complete. On any error this raises and leaves
-    partial output in `dest` for the caller to delete.
-    """
-    root = _prepare_destination(dest)
-    extracted: list[ExtractedFile] = []
-    try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, ValueError, EOFError, struct.error) as error:
-        _reject("corrupt", f"the archive is unreadable: {error}")
-    with archive:
-        for member in plan.members:
-            result = _extract_member(archive, member, root, limits)
-            extracted.append(result)
-            if on_file is not None:
-                on_file(result)
-    return extracted
