@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -41,6 +42,45 @@ def running_server(data_dir: Path, **env: str) -> Iterator[tuple[str, subprocess
         process.terminate()
         process.wait(timeout=30)
         log.close()
+
+
+@contextmanager
+def running_workers(
+    data_dir: Path, count: int, **env: str
+) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """`count` real `ckpt worker` processes, yielded once each logs that it polls the queue
+    (their logs go to `worker<i>.log` beside `data_dir`)."""
+    environ = {**os.environ, "CKPT_DATA_DIR": str(data_dir), **env}
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    logs = [data_dir.parent / f"worker{index}.log" for index in range(count)]
+    processes = []
+    try:
+        for log in logs:
+            with log.open("wb") as sink:
+                command = [sys.executable, "-m", "app.cli", "worker"]
+                processes.append(subprocess.Popen(command, env=environ, cwd=ROOT, stderr=sink))
+        _wait_polling(processes, logs)
+        yield processes
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=60)
+
+
+def _wait_polling(processes: list[subprocess.Popen[bytes]], logs: list[Path]) -> None:
+    """Until every worker has logged `worker <id> on <device>` (its loop has started)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if any(process.poll() is not None for process in processes):
+            raise RuntimeError("a worker exited during start-up")
+        if all(_WORKER_READY.search(log.read_text(errors="replace")) for log in logs):
+            return
+        time.sleep(0.1)
+    raise RuntimeError("the workers did not start polling")
+
+
+_WORKER_READY = re.compile(r"worker \S+ on ")
 
 
 def _wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:

@@ -35,7 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.db.scratch import ADMIN_URL, create_database, drop_database
-from bench.common import markdown_table, running_server
+from bench.common import markdown_table, running_server, running_workers
 from bench.ingest import upload
 
 WORKER_COUNTS = (1, 2, 4)
@@ -114,24 +114,27 @@ def real_workers(url: str, processes: int, jobs: int, data_dir: Path) -> float:
 
     from app.db.engine import Database
     from app.db.models import Job
-    from tests.postgres.processes import LoggedWorker, wait_until_ready, wait_until_succeeded
+    from app.jobs.queue import SUCCEEDED
 
     env = {"CKPT_DATABASE_URL": url, "CKPT_WORKER_POLL_SECONDS": "0.05"}
-    data_dir.parent.mkdir(parents=True, exist_ok=True)
-    with ExitStack() as stack:
-        workers = [
-            stack.enter_context(LoggedWorker(data_dir, data_dir.parent / f"worker{i}.log", **env))
-            for i in range(processes)
-        ]
-        wait_until_ready(workers)
+    db = Database(url)
+    with running_workers(data_dir, processes, **env):
         queue_noops(url, jobs)
-        db = Database(url)
-        wait_until_succeeded(db, jobs, timeout=600)
+        deadline = time.monotonic() + 600
+        succeeded = select(func.count()).select_from(Job).where(Job.state == SUCCEEDED)
+        while True:
+            with db.reading() as session:
+                if (session.scalar(succeeded) or 0) >= jobs:
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{jobs} jobs did not finish in 600 s")
+            time.sleep(0.1)
     with db.reading() as session:
         first, last = session.execute(
             select(func.min(Job.started_at), func.max(Job.finished_at))
         ).one()
     db.dispose()
+    assert first is not None and last is not None, "the jobs left no timestamps"
     return jobs / (last - first).total_seconds()
 
 
