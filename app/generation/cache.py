@@ -20,10 +20,10 @@ import torch
 
 from app.errors import AppError
 from app.generation.errors import GenerationFailed, ModelUnavailable
-from app.services.views import CheckpointView, TensorView
+from app.records import CheckpointRecord
+from app.runtime.folders import DEFAULT_MAX_ENTRIES
+from app.runtime.loading import StoredCheckpoint, materialize, require_readable_files
 from app.storage.base import BlobStorage
-from app.worker.folders import DEFAULT_MAX_ENTRIES
-from app.worker.loading import StoredCheckpoint, materialize, require_readable_files
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,21 +71,21 @@ def load_model_folder(folder: Path, device: torch.device) -> LoadedModel:
 
 
 def stored_checkpoint_loader(
-    describe: Callable[[str], tuple[CheckpointView, list[TensorView]]],
+    describe: Callable[[str], CheckpointRecord],
     store: BlobStorage,
     cache_dir: Path,
     device: torch.device,
     *,
     max_folders: int = DEFAULT_MAX_ENTRIES,
 ) -> Loader:
-    """A loader for stored checkpoints: `describe(id)` gives the view and tensors (raising
+    """A loader for stored checkpoints: `describe(id)` gives its record (raising
     NotFound for an unknown id); the files are linked from the blob store into `cache_dir`, and
     they and their blobs stay pinned there until the model and tokenizer are in memory."""
 
     def load(checkpoint_id: str) -> LoadedModel:
-        view, tensors = describe(checkpoint_id)
+        view = describe(checkpoint_id)
         with materialize(view, store, cache_dir, max_folders=max_folders) as folder:
-            checkpoint = StoredCheckpoint(view, folder.path, tensors, device)
+            checkpoint = StoredCheckpoint(view, folder.path, device)
             reason = checkpoint.model_unavailable_reason
             if reason is not None:
                 raise ModelUnavailable(f"checkpoint {view.ref} cannot generate text: {reason}")

@@ -3,7 +3,7 @@ generation cache and its materialised folder (`<data>/cache/checkpoints/<id>/`).
 
 A folder in use is left in place when its checkpoint is deleted, so nothing is broken mid-load:
 one a running job loads from (the job's checkpoint, or its verification's reference, as the
-database says) or one pinned by any process sharing the data dir (app.worker.folders). The
+database says) or one pinned by any process sharing the data dir (app.runtime.folders). The
 worker's periodic sweep removes it once neither holds. Any other folder goes at once.
 """
 
@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from app.db.engine import Database
 from app.db.models import Checkpoint, Job, Verification
 from app.jobs.queue import RUNNING
-from app.worker.folders import remove_folder
+from app.runtime.folders import remove_folder
 
 log = logging.getLogger(__name__)
 

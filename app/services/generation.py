@@ -12,7 +12,7 @@ from app.db.engine import Database
 from app.db.models import Checkpoint
 from app.db.repositories import CheckpointRepository
 from app.errors import Conflict, NotFound
-from app.services.views import CheckpointView, TensorView
+from app.records import CheckpointRecord
 
 GENERATIVE_MODEL_TYPES = {"gpt2"}
 
@@ -28,7 +28,6 @@ class Servable:
     created_at: datetime
     max_positions: int
     dtype: str
-    view: CheckpointView
 
 
 class GenerationCatalog:
@@ -53,12 +52,12 @@ class GenerationCatalog:
                 )
             return _servable(row)
 
-    def describe(self, checkpoint_id: str) -> tuple[CheckpointView, list[TensorView]]:
+    def describe(self, checkpoint_id: str) -> CheckpointRecord:
         """What the model cache needs to load a checkpoint from the blob store."""
         with self.db.reading() as session:
             repo = CheckpointRepository(session)
             row = repo.require(checkpoint_id)
-            return CheckpointView.of(row), [TensorView.of(t) for t in repo.tensors(row.id)]
+            return CheckpointRecord.of(row, repo.tensors(row.id))
 
     def servable(self) -> list[Servable]:
         with self.db.reading() as session:
@@ -99,5 +98,4 @@ def _servable(row: Checkpoint) -> Servable:
         created_at=row.created_at,
         max_positions=int(architecture.get("n_positions") or 1024),
         dtype=next(iter(row.parameters_by_dtype), "float32"),
-        view=CheckpointView.of(row),
     )

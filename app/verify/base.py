@@ -16,7 +16,7 @@ from app.ingest.types import IngestLimits
 if TYPE_CHECKING:
     import torch
 
-    from app.services.views import CheckpointView, TensorView
+    from app.records import CheckpointRecord, StoredTensor
 
 # inconclusive: the check ran but its verdict rests on an assumption (an inferred head count),
 # or a report could not run a check it was asked for; neither passed nor failed.
@@ -126,9 +126,9 @@ class LoadedCheckpoint:
     Subclassed by the worker, which knows how to load; checks only use this interface.
     """
 
-    view: CheckpointView
+    view: CheckpointRecord
     folder: Path
-    tensors: list[TensorView]
+    tensors: tuple[StoredTensor, ...]
 
     @property
     def model_unavailable_reason(self) -> str | None:

@@ -26,7 +26,7 @@ from safetensors.torch import load as load_safetensors_bytes
 
 from app.errors import AppError
 from app.ingest.archive_scan import scan_zip
-from app.services.views import TensorView
+from app.records import StoredTensor
 from app.verify.base import CheckContext, CheckResult, verdict
 
 NAME = "round_trip"
@@ -151,7 +151,7 @@ class _IngestComparison:
 
 @torch.inference_mode()
 def _compare_with_ingest(
-    recorded: list[TensorView], reloaded: dict[str, torch.Tensor]
+    recorded: tuple[StoredTensor, ...], reloaded: dict[str, torch.Tensor]
 ) -> _IngestComparison:
     comparison = _IngestComparison()
     for entry in sorted(recorded, key=lambda t: t.name):
@@ -160,9 +160,9 @@ def _compare_with_ingest(
             comparison.missing.append(entry.name)
             continue
         dtype = str(tensor.dtype).removeprefix("torch.")
-        if dtype != entry.dtype or list(tensor.shape) != entry.shape:
+        if dtype != entry.dtype or tuple(tensor.shape) != entry.shape:
             comparison.reshaped[entry.name] = (
-                f"reloads as {dtype}{list(tensor.shape)}, {entry.dtype}{entry.shape} recorded"
+                f"reloads as {dtype}{list(tensor.shape)}, {entry.dtype}{list(entry.shape)} recorded"
             )
             continue
         comparison.compared += 1

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from app.verify.base import CHECK_NAMES, CheckResult
 
 if TYPE_CHECKING:
-    from app.services.views import CheckpointView
+    from app.records import CheckpointRecord
 
 Kind = Literal["language_model", "weights_only"]
 WEIGHT_LEVEL_CHECKS = ("integrity", "round_trip", "weights")
@@ -45,11 +45,11 @@ class Verdict:
         return bool(self.summary["complete"])
 
 
-def checkpoint_kind(view: CheckpointView) -> Kind:
+def checkpoint_kind(view: CheckpointRecord) -> Kind:
     return "language_model" if view.architecture else "weights_only"
 
 
-def applicable_checks(view: CheckpointView, *, has_reference: bool) -> tuple[str, ...]:
+def applicable_checks(view: CheckpointRecord, *, has_reference: bool) -> tuple[str, ...]:
     """The checks a full verification of this checkpoint must run and pass."""
     names = set(WEIGHT_LEVEL_CHECKS)
     if checkpoint_kind(view) == "language_model":
@@ -103,7 +103,7 @@ def settle_assumptions(
 
 def report_verdict(
     results: list[CheckResult],
-    view: CheckpointView,
+    view: CheckpointRecord,
     *,
     requested: tuple[str, ...] | None,
     has_reference: bool,

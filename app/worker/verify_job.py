@@ -18,16 +18,16 @@ from app.db.models import Checkpoint, Verification, utcnow
 from app.db.repositories import CheckpointRepository
 from app.ingest.types import IngestLimits
 from app.jobs.queue import ClaimedJob, JobQueue
+from app.records import CheckpointRecord
+from app.runtime.folders import DEFAULT_MAX_ENTRIES
+from app.runtime.loading import CheckpointFileMissing, StoredCheckpoint, materialize
 from app.services.checkpoints import VERIFIED
-from app.services.views import CheckpointView, TensorView
 from app.storage.base import BlobStorage
 from app.verify.base import CHECK_NAMES, TOLERANCE_FIELDS, CheckContext, CheckResult, VerifyOptions
 from app.verify.reference_outputs import parse_reference_outputs
 from app.verify.runner import check_inputs_fit, choose_inputs, overall_verdict, run_checks
 from app.verify.verdicts import report_verdict
 from app.worker.device import describe_device, resolve_device
-from app.worker.folders import DEFAULT_MAX_ENTRIES
-from app.worker.loading import CheckpointFileMissing, StoredCheckpoint, materialize
 
 
 @dataclass
@@ -124,26 +124,20 @@ class VerifyJobRunner:
         return self.device if requested == "auto" else resolve_device(requested)
 
     def _loaded(
-        self, snapshot: _Snapshot, device: torch.device, held: contextlib.ExitStack
+        self, snapshot: CheckpointRecord, device: torch.device, held: contextlib.ExitStack
     ) -> StoredCheckpoint:
         """The checkpoint's folder, its files pinned (kept from eviction) until `held` closes."""
         folder = held.enter_context(
-            materialize(snapshot.view, self.store, self.cache_dir, max_folders=self.max_folders)
+            materialize(snapshot, self.store, self.cache_dir, max_folders=self.max_folders)
         )
-        return StoredCheckpoint(snapshot.view, folder.path, snapshot.tensors, device)
-
-
-@dataclass(frozen=True)
-class _Snapshot:
-    view: CheckpointView
-    tensors: list[TensorView]
+        return StoredCheckpoint(snapshot, folder.path, device)
 
 
 @dataclass(frozen=True)
 class _Plan:
     request: dict[str, Any]
-    subject: _Snapshot
-    reference: _Snapshot | None
+    subject: CheckpointRecord
+    reference: CheckpointRecord | None
     outputs: dict[str, Any] | None
 
 
@@ -163,7 +157,7 @@ def _incomplete_report(
     has_reference = plan.reference is not None or plan.outputs is not None
     verdict = report_verdict(
         results,
-        plan.subject.view,
+        plan.subject,
         requested=tuple(requested) if requested else None,
         has_reference=has_reference,
     )
@@ -179,9 +173,9 @@ def _incomplete_report(
     }
 
 
-def _snapshot(repo: CheckpointRepository, checkpoint_id: str) -> _Snapshot:
+def _snapshot(repo: CheckpointRepository, checkpoint_id: str) -> CheckpointRecord:
     row = repo.require(checkpoint_id)
-    return _Snapshot(CheckpointView.of(row), [TensorView.of(t) for t in repo.tensors(row.id)])
+    return CheckpointRecord.of(row, repo.tensors(row.id))
 
 
 def _options(request: dict[str, Any]) -> VerifyOptions:

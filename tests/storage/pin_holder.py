@@ -13,7 +13,7 @@ CHILD = """
 import sys
 from pathlib import Path
 from app.storage.pins import pin
-from app.worker.folders import hold_folder
+from app.runtime.folders import hold_folder
 held = [{take}]
 assert all(h is not None for h in held), "nothing to pin"
 print("held", flush=True)

@@ -14,14 +14,15 @@ from typing import Any
 import httpx
 import pytest
 
-from app.services.views import CheckpointView, FileView
+from app.records import CheckpointRecord, StoredFile
+from app.runtime.loading import materialize
 from app.storage.cache import BlobCache, BlobCacheTooSmall
 from app.storage.pins import evicting, is_pinned, pin
 from app.storage.s3 import S3BlobStore
-from app.worker.loading import materialize
 from tests.api.test_upload import upload_raw
 from tests.conftest import TinyModel
 from tests.live_server import LiveServer
+from tests.records import record
 from tests.storage.conftest import new_bucket
 from tests.storage.pin_holder import blobs_pinned_elsewhere
 from tests.worker_process import WorkerProcess, wait_for_report
@@ -44,17 +45,16 @@ def put(store: S3BlobStore, data: bytes) -> str:
     return digest
 
 
-def sharded(store: S3BlobStore, shards: int) -> CheckpointView:
+def sharded(store: S3BlobStore, shards: int) -> CheckpointRecord:
     """A checkpoint of `shards` distinct files of SHARD bytes, stored in the bucket."""
     files = []
     for i in range(shards):
         data = os.urandom(SHARD)
         digest = put(store, data)
         files.append(
-            FileView(path=f"model-{i}.safetensors", size=SHARD, sha256=digest, origin="member")
+            StoredFile(path=f"model-{i}.safetensors", size=SHARD, sha256=digest, origin="member")
         )
-    fields: dict[str, Any] = {"id": "f" * 32, "ref": "sharded@1", "files": files}
-    return CheckpointView.model_construct(**fields)  # only what materialise reads
+    return record(id="f" * 32, name="sharded", files=tuple(files))
 
 
 def cached(store: S3BlobStore) -> set[str]:

@@ -12,7 +12,6 @@ import shutil
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from app.errors import InvalidInput
 from app.ingest.torch_pickle import OPTIMIZER_FILE, convert_torch_checkpoint
 from app.ingest.types import IngestLimits
-from app.services.views import CheckpointView
+from app.records import CheckpointRecord
 from app.ui.templating import render_report_html
 from app.verify import equivalence, resumability, stability, weights
 from app.verify.base import CheckContext, CheckResult, LoadedCheckpoint, Tolerance, VerifyOptions
@@ -34,6 +33,7 @@ from app.verify.reference_outputs import (
     record_reference_outputs,
 )
 from tests.models import build_gpt2, build_tokenizer
+from tests.records import record
 
 CPU = torch.device("cpu")
 MAX_NEW_TOKENS = 8
@@ -79,34 +79,17 @@ class InMemoryCheckpoint(LoadedCheckpoint):
         return self._tokenizer
 
 
-def _view(state_dict: dict[str, torch.Tensor], training: dict[str, Any] | None) -> CheckpointView:
+def _view(state_dict: dict[str, torch.Tensor], training: dict[str, Any] | None) -> CheckpointRecord:
     count = sum(tensor.numel() for tensor in state_dict.values())
-    return CheckpointView(
+    return record(
         id="ckpt-test",
-        name="tiny",
-        version=1,
-        ref="tiny@1",
-        aliases=[],
-        status="ready",
-        error=None,
         format="torch" if training else "safetensors",
-        filename=None,
-        created_at=datetime.now(UTC),
         size_bytes=4 * count,
-        uncompressed_bytes=4 * count,
-        compression_ratio=1.0,
-        sha256="0" * 64,
-        files=[],
         parameter_count=count,
         parameters_by_dtype={"float32": count},
-        tensor_count=len(state_dict),
-        bytes_per_parameter=4.0,
-        largest_tensors=[],
-        weights_digest="0" * 64,
         architecture={"model_type": "gpt2", "inferred": False},
         training=training,
         tokenizer={"present": True, "kind": None, "vocab_size": None},
-        metadata={},
     )
 
 

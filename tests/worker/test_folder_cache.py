@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from app.services.views import CheckpointView
+from app.records import CheckpointRecord
+from app.runtime.folders import remove_folder
+from app.runtime.loading import materialize
 from app.storage.blobs import BlobStore
-from app.worker.folders import remove_folder
-from app.worker.loading import materialize
 from tests.conftest import TinyModel
-from tests.generation.test_stored_loader import stored_view
+from tests.records import stored_record
 from tests.storage.pin_holder import folder_held_elsewhere
 
 
@@ -23,10 +23,10 @@ def store(tmp_path: Path) -> BlobStore:
 
 
 @pytest.fixture
-def views(tiny: TinyModel, store: BlobStore) -> dict[str, CheckpointView]:
+def views(tiny: TinyModel, store: BlobStore) -> dict[str, CheckpointRecord]:
     """Five checkpoints (the same blobs under five ids) named a to e."""
     return {
-        name: stored_view(tiny.folder, store, id=name * 32, ref=f"tiny@{i}")
+        name: stored_record(tiny.folder, store, id=name * 32, version=i)
         for i, name in enumerate("abcde", start=1)
     }
 
@@ -35,13 +35,13 @@ def folders(root: Path) -> set[str]:
     return {p.name[0] for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
 
 
-def use(view: CheckpointView, store: BlobStore, root: Path, max_folders: int) -> None:
+def use(view: CheckpointRecord, store: BlobStore, root: Path, max_folders: int) -> None:
     with materialize(view, store, root, max_folders=max_folders) as held:
         assert held.path.is_dir()
 
 
 def test_the_least_recently_used_folders_go_beyond_the_bound(
-    tmp_path: Path, views: dict[str, CheckpointView], store: BlobStore
+    tmp_path: Path, views: dict[str, CheckpointRecord], store: BlobStore
 ) -> None:
     root = tmp_path / "cache"
     for name in "abc":
@@ -58,7 +58,7 @@ def test_the_least_recently_used_folders_go_beyond_the_bound(
 
 
 def test_a_folder_open_in_this_process_is_not_evicted(
-    tmp_path: Path, views: dict[str, CheckpointView], store: BlobStore
+    tmp_path: Path, views: dict[str, CheckpointRecord], store: BlobStore
 ) -> None:
     root = tmp_path / "cache"
     with materialize(views["a"], store, root, max_folders=1) as held:
@@ -73,7 +73,7 @@ def test_a_folder_open_in_this_process_is_not_evicted(
 
 
 def test_a_folder_in_use_by_another_process_is_not_evicted(
-    tmp_path: Path, views: dict[str, CheckpointView], store: BlobStore
+    tmp_path: Path, views: dict[str, CheckpointRecord], store: BlobStore
 ) -> None:
     root = tmp_path / "cache"
     use(views["a"], store, root, max_folders=5)
@@ -86,7 +86,7 @@ def test_a_folder_in_use_by_another_process_is_not_evicted(
 
 
 def test_deletion_leaves_a_folder_another_process_holds(
-    tmp_path: Path, views: dict[str, CheckpointView], store: BlobStore
+    tmp_path: Path, views: dict[str, CheckpointRecord], store: BlobStore
 ) -> None:
     root = tmp_path / "cache"
     use(views["a"], store, root, max_folders=5)

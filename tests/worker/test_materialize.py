@@ -13,11 +13,11 @@ import torch
 
 from app.generation import ModelCache, load_model_folder
 from app.generation.cache import stored_checkpoint_loader
-from app.services.views import CheckpointView
+from app.records import CheckpointRecord
+from app.runtime.loading import CheckpointFileMissing, materialize
 from app.storage.blobs import BlobStore
-from app.worker.loading import CheckpointFileMissing, materialize
 from tests.conftest import TinyModel
-from tests.generation.test_stored_loader import stored_view
+from tests.records import stored_record
 
 CPU = torch.device("cpu")
 
@@ -32,11 +32,11 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> BlobStore:
 
 
 @pytest.fixture
-def view(tiny: TinyModel, store: BlobStore) -> CheckpointView:
-    return stored_view(tiny.folder, store)
+def view(tiny: TinyModel, store: BlobStore) -> CheckpointRecord:
+    return stored_record(tiny.folder, store)
 
 
-def assert_healthy(folder: Path, view: CheckpointView, store: BlobStore) -> None:
+def assert_healthy(folder: Path, view: CheckpointRecord, store: BlobStore) -> None:
     assert sorted(p.name for p in folder.iterdir()) == sorted(f.path for f in view.files)
     for file in view.files:
         link = folder / file.path
@@ -46,7 +46,7 @@ def assert_healthy(folder: Path, view: CheckpointView, store: BlobStore) -> None
         assert link.stat().st_size == file.size
 
 
-def cache_entry(tmp_path: Path, view: CheckpointView, store: BlobStore) -> Path:
+def cache_entry(tmp_path: Path, view: CheckpointRecord, store: BlobStore) -> Path:
     with materialize(view, store, tmp_path / "cache") as held:
         folder = held.path
     assert_healthy(folder, view, store)
@@ -104,14 +104,14 @@ DAMAGE = [
 
 
 def test_links_are_absolute_even_from_a_store_opened_on_a_relative_path(
-    tmp_path: Path, view: CheckpointView, store: BlobStore
+    tmp_path: Path, view: CheckpointRecord, store: BlobStore
 ) -> None:
     folder = cache_entry(tmp_path, view, store)
     assert folder == tmp_path / "cache" / view.id
 
 
 def test_a_sound_entry_is_used_as_it_is(
-    tmp_path: Path, view: CheckpointView, store: BlobStore
+    tmp_path: Path, view: CheckpointRecord, store: BlobStore
 ) -> None:
     folder = cache_entry(tmp_path, view, store)
     before = {p.name: p.lstat().st_ino for p in folder.iterdir()}
@@ -122,7 +122,7 @@ def test_a_sound_entry_is_used_as_it_is(
 
 @pytest.mark.parametrize("damage", DAMAGE, ids=lambda damage: damage.__name__)
 def test_a_damaged_entry_is_rebuilt_on_the_next_use(
-    tmp_path: Path, view: CheckpointView, store: BlobStore, damage: Callable[[Path], None]
+    tmp_path: Path, view: CheckpointRecord, store: BlobStore, damage: Callable[[Path], None]
 ) -> None:
     folder = cache_entry(tmp_path, view, store)
     damage(folder)
@@ -134,19 +134,19 @@ def test_a_damaged_entry_is_rebuilt_on_the_next_use(
 
 
 def test_generation_heals_a_damaged_entry(
-    tmp_path: Path, view: CheckpointView, store: BlobStore
+    tmp_path: Path, view: CheckpointRecord, store: BlobStore
 ) -> None:
     folder = cache_entry(tmp_path, view, store)
     for damage in (relative_link, dangling_link, missing_file):
         damage(folder)
-    loader = stored_checkpoint_loader(lambda _id: (view, []), store, tmp_path / "cache", CPU)
+    loader = stored_checkpoint_loader(lambda _id: view, store, tmp_path / "cache", CPU)
     loaded = loader(view.id)
     assert loaded.tokenizer("hello world")["input_ids"]
     assert_healthy(folder, view, store)
 
 
 def test_a_blob_missing_from_the_store_is_named(
-    tmp_path: Path, view: CheckpointView, store: BlobStore
+    tmp_path: Path, view: CheckpointRecord, store: BlobStore
 ) -> None:
     (tokenizer,) = [f for f in view.files if f.path == "tokenizer.json"]
     store.local_path(tokenizer.sha256).unlink()
@@ -159,7 +159,9 @@ def test_a_blob_missing_from_the_store_is_named(
     )
 
 
-def test_a_truncated_blob_is_named(tmp_path: Path, view: CheckpointView, store: BlobStore) -> None:
+def test_a_truncated_blob_is_named(
+    tmp_path: Path, view: CheckpointRecord, store: BlobStore
+) -> None:
     (weights,) = [f for f in view.files if f.path == "model.safetensors"]
     blob = store.local_path(weights.sha256)
     blob.write_bytes(blob.read_bytes()[:100])
@@ -169,11 +171,11 @@ def test_a_truncated_blob_is_named(tmp_path: Path, view: CheckpointView, store: 
 
 
 def test_generation_answers_424_naming_the_missing_file(
-    tmp_path: Path, view: CheckpointView, store: BlobStore
+    tmp_path: Path, view: CheckpointRecord, store: BlobStore
 ) -> None:
     (weights,) = [f for f in view.files if f.path == "model.safetensors"]
     store.local_path(weights.sha256).unlink()
-    loader = stored_checkpoint_loader(lambda _id: (view, []), store, tmp_path / "cache", CPU)
+    loader = stored_checkpoint_loader(lambda _id: view, store, tmp_path / "cache", CPU)
     cache = ModelCache(loader, budget_bytes=1 << 30)
     try:
         with pytest.raises(CheckpointFileMissing, match=r"file model\.safetensors ") as raised:

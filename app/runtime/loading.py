@@ -16,17 +16,17 @@ import torch
 from safetensors.torch import load_file
 
 from app.errors import AppError, NotFound
-from app.services.views import CheckpointView, FileView, TensorView
-from app.storage.base import BlobStorage
-from app.storage.cache import BlobPins
-from app.storage.pins import Pin
-from app.verify.base import LoadedCheckpoint
-from app.worker.folders import (
+from app.records import CheckpointRecord, StoredFile, StoredTensor
+from app.runtime.folders import (
     DEFAULT_MAX_ENTRIES,
     evict_least_recently_used,
     hold_folder,
     release_unbuilt,
 )
+from app.storage.base import BlobStorage
+from app.storage.cache import BlobPins
+from app.storage.pins import Pin
+from app.verify.base import LoadedCheckpoint
 
 KNOWN_MODEL_TYPES = {"gpt2"}
 
@@ -60,7 +60,11 @@ class MaterializedFolder:
 
 
 def materialize(
-    view: CheckpointView, store: BlobStorage, root: Path, *, max_folders: int = DEFAULT_MAX_ENTRIES
+    view: CheckpointRecord,
+    store: BlobStorage,
+    root: Path,
+    *,
+    max_folders: int = DEFAULT_MAX_ENTRIES,
 ) -> MaterializedFolder:
     """A folder whose files are symlinks to the checkpoint's blobs, checked on every use, held
     in use until released; beyond `max_folders` the least recently used ones not in use go.
@@ -87,11 +91,11 @@ def materialize(
     return MaterializedFolder(folder, folder_pin, blob_pins)
 
 
-def _distinct_bytes(view: CheckpointView) -> int:
+def _distinct_bytes(view: CheckpointRecord) -> int:
     return sum({file.sha256: file.size for file in view.files}.values())
 
 
-def _blob_path(view: CheckpointView, file: FileView, store: BlobStorage) -> Path:
+def _blob_path(view: CheckpointRecord, file: StoredFile, store: BlobStorage) -> Path:
     """The readable local blob holding `file`, or CheckpointFileMissing naming the file."""
     try:
         path = store.local_path(file.sha256).resolve()
@@ -105,7 +109,7 @@ def _blob_path(view: CheckpointView, file: FileView, store: BlobStorage) -> Path
     return path
 
 
-def _missing(view: CheckpointView, file: FileView, problem: str) -> CheckpointFileMissing:
+def _missing(view: CheckpointRecord, file: StoredFile, problem: str) -> CheckpointFileMissing:
     return CheckpointFileMissing(
         f"checkpoint {view.ref}: file {file.path} (blob {file.sha256[:12]}) {problem}"
     )
@@ -169,12 +173,10 @@ def require_readable_files(folder: Path) -> None:
 
 
 class StoredCheckpoint(LoadedCheckpoint):
-    def __init__(
-        self, view: CheckpointView, folder: Path, tensors: list[TensorView], device: torch.device
-    ) -> None:
+    def __init__(self, view: CheckpointRecord, folder: Path, device: torch.device) -> None:
         self.view = view
         self.folder = folder
-        self.tensors = tensors
+        self.tensors: tuple[StoredTensor, ...] = view.tensors
         self.device = device
         self._state_dict: dict[str, torch.Tensor] | None = None
         self._model: Any = None
