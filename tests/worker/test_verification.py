@@ -112,7 +112,11 @@ def test_overwritten_embedding_fails_equivalence(
 
 
 def test_corrupted_blob_fails_integrity(
-    client: httpx.Client, server: LiveServer, tiny: TinyModel, tmp_path: Path
+    client: httpx.Client,
+    server: LiveServer,
+    worker: WorkerProcess,
+    tiny: TinyModel,
+    tmp_path: Path,
 ) -> None:
     state = {k: v.clone() + 1 for k, v in tiny.model.state_dict().items() if k != "lm_head.weight"}
     path = tmp_path / "victim.safetensors"
@@ -199,7 +203,9 @@ def test_bad_verification_requests(client: httpx.Client, original: dict[str, Any
     assert bad_check.status_code == 422
 
 
-def test_unknown_architecture_gets_weight_checks_only(client: httpx.Client, tmp_path: Path) -> None:
+def test_unknown_architecture_gets_weight_checks_only(
+    client: httpx.Client, worker: WorkerProcess, tmp_path: Path
+) -> None:
     mlp = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
     path = tmp_path / "mlp.pth"
     torch.save(mlp.state_dict(), path)
@@ -216,7 +222,7 @@ def test_unknown_architecture_gets_weight_checks_only(client: httpx.Client, tmp_
 
 
 def test_training_checkpoint_is_resumable(
-    client: httpx.Client, tiny: TinyModel, tmp_path: Path
+    client: httpx.Client, worker: WorkerProcess, tiny: TinyModel, tmp_path: Path
 ) -> None:
     model = copy.deepcopy(tiny.model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
