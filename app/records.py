@@ -1,4 +1,5 @@
-"""What the runtime knows of a stored checkpoint: plain frozen records read from the database.
+"""What the runtime knows of a stored checkpoint: a plain frozen record read from the database,
+holding the same file and tensor records ingestion wrote (app.ingest.types).
 
 The worker, the checks and the generation cache work with these, never with the API's response
 models (`app/services/views.py`): the wire format may grow fields, rename them or change their
@@ -10,40 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from app.db.models import Checkpoint, TensorRow
-
-
-@dataclass(frozen=True)
-class StoredFile:
-    path: str
-    size: int
-    sha256: str
-    origin: str  # 'member': came in the upload; 'derived': written by the registry
-
-
-@dataclass(frozen=True)
-class StoredTensor:
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    numel: int
-    nbytes: int
-    sha256: str
-    file: str
-
-    @classmethod
-    def of(cls, row: TensorRow) -> StoredTensor:
-        return cls(
-            name=row.name,
-            dtype=row.dtype,
-            shape=tuple(row.shape),
-            numel=row.numel,
-            nbytes=row.nbytes,
-            sha256=row.sha256,
-            file=row.file,
-        )
+from app.ingest.types import FileRecord, TensorRecord
 
 
 @dataclass(frozen=True)
@@ -54,8 +25,8 @@ class CheckpointRecord:
     format: str
     sha256: str
     size_bytes: int
-    files: tuple[StoredFile, ...]
-    tensors: tuple[StoredTensor, ...]
+    files: tuple[FileRecord, ...]
+    tensors: tuple[TensorRecord, ...]
     parameter_count: int
     parameters_by_dtype: dict[str, int]
     weights_digest: str
@@ -76,8 +47,8 @@ class CheckpointRecord:
             format=row.format,
             sha256=row.sha256,
             size_bytes=row.size_bytes,
-            files=tuple(StoredFile(f.path, f.size, f.sha256, f.origin) for f in row.files),
-            tensors=tuple(StoredTensor.of(t) for t in tensors),
+            files=tuple(FileRecord(f.path, f.size, f.sha256, _origin(f.origin)) for f in row.files),
+            tensors=tuple(_tensor(t) for t in tensors),
             parameter_count=row.parameter_count,
             parameters_by_dtype=dict(row.parameters_by_dtype),
             weights_digest=row.weights_digest,
@@ -85,3 +56,19 @@ class CheckpointRecord:
             training=row.training,
             tokenizer=row.tokenizer,
         )
+
+
+def _origin(origin: str) -> Literal["member", "derived"]:
+    return "derived" if origin == "derived" else "member"
+
+
+def _tensor(row: TensorRow) -> TensorRecord:
+    return TensorRecord(
+        name=row.name,
+        dtype=row.dtype,
+        shape=tuple(row.shape),
+        numel=row.numel,
+        nbytes=row.nbytes,
+        sha256=row.sha256,
+        file=row.file,
+    )

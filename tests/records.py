@@ -8,7 +8,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from app.records import CheckpointRecord, StoredFile
+from app.ingest.types import FileRecord
+from app.records import CheckpointRecord
 from app.storage.blobs import BlobStore
 
 _BLANK = CheckpointRecord(
@@ -43,7 +44,7 @@ def stored_record(folder: Path, store: BlobStore, **overrides: Any) -> Checkpoin
         staged = store.tmp_dir / digest
         shutil.copyfile(path, staged)
         store.put(staged, digest)
-        files.append(StoredFile(path=path.name, size=len(data), sha256=digest, origin="member"))
+        files.append(FileRecord(path=path.name, size=len(data), sha256=digest, origin="member"))
     fields: dict[str, Any] = {
         "files": tuple(files),
         "architecture": {"model_type": "gpt2"},

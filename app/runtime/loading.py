@@ -16,7 +16,8 @@ import torch
 from safetensors.torch import load_file
 
 from app.errors import AppError, NotFound
-from app.records import CheckpointRecord, StoredFile, StoredTensor
+from app.ingest.types import FileRecord, TensorRecord
+from app.records import CheckpointRecord
 from app.runtime.folders import (
     DEFAULT_MAX_ENTRIES,
     evict_least_recently_used,
@@ -95,7 +96,7 @@ def _distinct_bytes(view: CheckpointRecord) -> int:
     return sum({file.sha256: file.size for file in view.files}.values())
 
 
-def _blob_path(view: CheckpointRecord, file: StoredFile, store: BlobStorage) -> Path:
+def _blob_path(view: CheckpointRecord, file: FileRecord, store: BlobStorage) -> Path:
     """The readable local blob holding `file`, or CheckpointFileMissing naming the file."""
     try:
         path = store.local_path(file.sha256).resolve()
@@ -109,7 +110,7 @@ def _blob_path(view: CheckpointRecord, file: StoredFile, store: BlobStorage) -> 
     return path
 
 
-def _missing(view: CheckpointRecord, file: StoredFile, problem: str) -> CheckpointFileMissing:
+def _missing(view: CheckpointRecord, file: FileRecord, problem: str) -> CheckpointFileMissing:
     return CheckpointFileMissing(
         f"checkpoint {view.ref}: file {file.path} (blob {file.sha256[:12]}) {problem}"
     )
@@ -176,7 +177,7 @@ class StoredCheckpoint(LoadedCheckpoint):
     def __init__(self, view: CheckpointRecord, folder: Path, device: torch.device) -> None:
         self.view = view
         self.folder = folder
-        self.tensors: tuple[StoredTensor, ...] = view.tensors
+        self.tensors: tuple[TensorRecord, ...] = view.tensors
         self.device = device
         self._state_dict: dict[str, torch.Tensor] | None = None
         self._model: Any = None

@@ -16,7 +16,8 @@ from app.ingest.types import IngestLimits
 if TYPE_CHECKING:
     import torch
 
-    from app.records import CheckpointRecord, StoredTensor
+    from app.ingest.types import TensorRecord
+    from app.records import CheckpointRecord
 
 # inconclusive: the check ran but its verdict rests on an assumption (an inferred head count),
 # or a report could not run a check it was asked for; neither passed nor failed.
@@ -128,7 +129,7 @@ class LoadedCheckpoint:
 
     view: CheckpointRecord
     folder: Path
-    tensors: tuple[StoredTensor, ...]
+    tensors: tuple[TensorRecord, ...]
 
     @property
     def model_unavailable_reason(self) -> str | None:

@@ -26,7 +26,7 @@ from safetensors.torch import load as load_safetensors_bytes
 
 from app.errors import AppError
 from app.ingest.archive_scan import scan_zip
-from app.records import StoredTensor
+from app.ingest.types import TensorRecord
 from app.verify.base import CheckContext, CheckResult, verdict
 
 NAME = "round_trip"
@@ -151,7 +151,7 @@ class _IngestComparison:
 
 @torch.inference_mode()
 def _compare_with_ingest(
-    recorded: tuple[StoredTensor, ...], reloaded: dict[str, torch.Tensor]
+    recorded: tuple[TensorRecord, ...], reloaded: dict[str, torch.Tensor]
 ) -> _IngestComparison:
     comparison = _IngestComparison()
     for entry in sorted(recorded, key=lambda t: t.name):

@@ -14,7 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from app.records import CheckpointRecord, StoredFile
+from app.ingest.types import FileRecord
+from app.records import CheckpointRecord
 from app.runtime.loading import materialize
 from app.storage.cache import BlobCache, BlobCacheTooSmall
 from app.storage.pins import evicting, is_pinned, pin
@@ -52,7 +53,7 @@ def sharded(store: S3BlobStore, shards: int) -> CheckpointRecord:
         data = os.urandom(SHARD)
         digest = put(store, data)
         files.append(
-            StoredFile(path=f"model-{i}.safetensors", size=SHARD, sha256=digest, origin="member")
+            FileRecord(path=f"model-{i}.safetensors", size=SHARD, sha256=digest, origin="member")
         )
     return record(id="f" * 32, name="sharded", files=tuple(files))
 
