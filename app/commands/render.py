@@ -75,7 +75,7 @@ def _checkpoint_rows(cp: Checkpoint) -> list[tuple[str, str]]:
         ("created", timestamp(cp.created_at)),
     ]
     if cp.architecture:
-        rows.append(("architecture", _pairs(cp.architecture)))
+        rows += _architecture_rows(cp.architecture)
     if cp.training:
         rows += _training_rows(cp.training)
     rows.append(("tokenizer", _pairs(cp.tokenizer) or NONE))
@@ -90,6 +90,48 @@ def _checkpoint_rows(cp: Checkpoint) -> list[tuple[str, str]]:
 def _training_rows(training: dict[str, Any]) -> list[tuple[str, str]]:
     rows = training_rows(training)
     return [("training" if field == "progress" else escape(field), escape(v)) for field, v in rows]
+
+
+# The family-neutral summary, as `ckpt show` prints it (GPT-2's alias fields and the nested
+# records are shown on rows of their own or left to --json).
+_ARCHITECTURE_SHOWN = (
+    "model_type",
+    "num_layers",
+    "hidden_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "intermediate_size",
+    "vocab_size",
+    "context_length",
+    "tie_word_embeddings",
+    "dtype",
+)
+
+
+def _architecture_rows(architecture: dict[str, Any]) -> list[tuple[str, str]]:
+    shown = {key: architecture[key] for key in _ARCHITECTURE_SHOWN if key in architecture}
+    if not shown:  # a summary written before the family-neutral fields: show what it has
+        shown = {k: v for k, v in architecture.items() if not isinstance(v, dict | list)}
+    rows = [("architecture", _pairs(shown))]
+    positional = architecture.get("positional")
+    if isinstance(positional, dict):
+        scalars = {k: v for k, v in positional.items() if not isinstance(v, dict | list)}
+        rows.append(("positions", _pairs(scalars)))
+    layout = architecture.get("layout")
+    if isinstance(layout, dict):
+        added = len(layout.get("added_parameters") or [])
+        rows.append(("layout", escape(f"{layout.get('name')} (mapped to GPT-2; {added} added)")))
+    generation = architecture.get("generation")
+    if isinstance(generation, dict):
+        ids = {k: v for k, v in generation.items() if k.endswith("_token_id") and v is not None}
+        rows.append(("generation", _pairs(ids) or NONE))
+    source = str(architecture.get("config_source", ""))
+    assumptions = architecture.get("assumptions") or []
+    if assumptions:
+        source += "; assumed: " + "; ".join(str(item) for item in assumptions)
+    rows.append(("config", escape(source) or NONE))
+    return rows
 
 
 def _pairs(values: dict[str, Any]) -> str:

@@ -10,6 +10,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from app.errors import RejectedCheckpoint
+from app.ingest.architecture import (
+    bounded_int,
+    check_integers_bounded,
+    check_model_size,
+    neutral_summary,
+    sizes,
+)
+from app.ingest.model_tensors import causal_lm_layout, check_tensors_match, hf_config, is_causal_lm
 
 CONFIG_CODE = "config_invalid"
 MISMATCH_CODE = "config_weights_mismatch"
@@ -45,6 +53,7 @@ def architecture_from_config(config: Mapping[str, Any], *, source: str) -> dict[
     model_type = config.get("model_type")
     if model_type is not None and not isinstance(model_type, str):
         raise RejectedCheckpoint("config.model_type must be a string", code=CONFIG_CODE)
+    check_integers_bounded(config)
     assumptions = _assumptions(config)
     architecture: dict[str, Any] = {
         "model_type": model_type,
@@ -54,9 +63,36 @@ def architecture_from_config(config: Mapping[str, Any], *, source: str) -> dict[
     for field, names, bound in _FIELDS:
         architecture[field] = _bounded_int(config, names, bound)
     _check_consistency(architecture)
+    architecture.update(_family_summary(config))
     if assumptions:
         architecture["assumptions"] = assumptions
     return architecture
+
+
+def _family_summary(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Causal LMs are read through transformers' config (its defaults apply) and sized by the
+    model it builds on the meta device; any other config is summarised from its JSON."""
+    if not is_causal_lm(config):
+        check_model_size(sizes(config.get))
+        return neutral_summary(config, config.get)
+    hf = hf_config(config)
+    text = hf.get_text_config()  # multimodal configs keep the language model's sizes here
+
+    def read(name: str) -> Any:
+        return getattr(text, name, getattr(hf, name, None))
+
+    check_model_size(sizes(read))
+    layout = causal_lm_layout(config)
+    summary = neutral_summary(config, read, frozenset(layout.shapes))
+    summary["model_class"] = layout.class_name
+    summary["implied_parameter_count"] = layout.parameter_count
+    return summary
+
+
+def check_config_tensors(config: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """A causal LM's stored tensors must be exactly those its config's model loads."""
+    if is_causal_lm(config):
+        check_tensors_match(causal_lm_layout(config), shapes)
 
 
 def _assumptions(config: Mapping[str, Any]) -> list[str]:
@@ -75,17 +111,7 @@ def _assumptions(config: Mapping[str, Any]) -> list[str]:
 def _bounded_int(
     config: Mapping[str, Any], names: tuple[str, ...], bound: int, where: str = "config"
 ) -> int | None:
-    for name in names:
-        if name not in config or config[name] is None:
-            continue
-        value = config[name]
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= bound:
-            raise RejectedCheckpoint(
-                f"{where}.{name} = {value!r} is not a positive integer of at most {bound}",
-                code=CONFIG_CODE,
-            )
-        return value
-    return None
+    return bounded_int(config.get, names, bound, where)
 
 
 def _check_consistency(arch: dict[str, Any]) -> None:

@@ -77,6 +77,26 @@ def test_zip_upload_records_metadata(zip_upload: dict[str, Any], tiny: TinyModel
         "n_head": config.n_head,
         "vocab_size": config.vocab_size,
         "n_positions": config.n_positions,
+        "architectures": ["GPT2LMHeadModel"],
+        "num_layers": config.n_layer,
+        "hidden_size": config.n_embd,
+        "num_attention_heads": config.n_head,
+        "num_key_value_heads": config.n_head,
+        "head_dim": config.n_embd // config.n_head,
+        "intermediate_size": 4 * config.n_embd,
+        "context_length": config.n_positions,
+        "positional": {"kind": "learned"},
+        "tie_word_embeddings": True,
+        "dtype": "float32",
+        "model_class": "GPT2LMHeadModel",
+        "implied_parameter_count": unique_parameter_count(tiny.model),
+        "generation": {
+            "eos_token_id": config.eos_token_id,
+            "bos_token_id": config.bos_token_id,
+            "pad_token_id": None,
+            "decoder_start_token_id": None,
+            "defaults": {},
+        },
     }
     assert body["tokenizer"]["present"] is True
     assert body["tokenizer"]["vocab_size"] == len(tiny.tokenizer)

@@ -72,7 +72,14 @@ def test_list_and_show(server: LiveServer, uploaded: dict[str, Any]) -> None:
     assert ckpt_json(server.url, "show", "cli") == {**uploaded, "created": False}
     shown = ckpt(server.url, "show", "cli@1")
     assert shown.returncode == 0
-    for text in (uploaded["id"], uploaded["sha256"], uploaded["weights_digest"], "n_layer=2"):
+    for text in (
+        uploaded["id"],
+        uploaded["sha256"],
+        uploaded["weights_digest"],
+        "model_type=gpt2",
+        "num_layers=2",
+        "num_attention_heads=2",
+    ):
         assert text in shown.stdout
 
 

@@ -23,7 +23,16 @@ from tests.hostile.invariants import (
 )
 from tests.live_server import LiveServer
 
-GPT2 = {"model_type": "gpt2", "n_layer": 2, "n_embd": 128, "n_head": 2}
+# The session's tiny GPT-2 in full: a config that leaves vocab_size or n_positions to
+# transformers' defaults (50257, 1024) describes a different model than those weights.
+GPT2 = {
+    "model_type": "gpt2",
+    "n_layer": 2,
+    "n_embd": 128,
+    "n_head": 2,
+    "vocab_size": 300,
+    "n_positions": 64,
+}
 TARGET = Path(tempfile.gettempdir()) / f"ckpt-hostile-{uuid.uuid4().hex}.safetensors"
 
 
