@@ -15,9 +15,12 @@ from app.errors import InvalidInput, RejectedCheckpoint
 from app.hashing import sha256_file
 from app.ingest.archive_extract import extract_zip
 from app.ingest.archive_scan import scan_zip
+from app.ingest.generation_config import note_ids_outside_vocabulary, read_generation_config
 from app.ingest.jsonutil import loads_strict
+from app.ingest.layout_apply import apply_layout
 from app.ingest.model_config import (
     architecture_from_config,
+    check_config_tensors,
     check_configs_agree,
     check_weights_match,
     config_from_checkpoint,
@@ -29,7 +32,7 @@ from app.ingest.safetensors_format import (
     hash_safetensors_file,
 )
 from app.ingest.spool import SpooledUpload, looks_like_safetensors, looks_like_zip
-from app.ingest.tokenizer_files import describe_tokenizer
+from app.ingest.tokenizer_files import describe_tokenizer, no_tokenizer
 from app.ingest.torch_pickle import (
     convert_torch_checkpoint,
     legacy_pickle_error,
@@ -56,9 +59,8 @@ class Inspection:
     training: dict[str, Any] | None = None
     # what a torch.save checkpoint carried under model_args / config / ... (untrusted)
     carried_configs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    tokenizer: dict[str, Any] = field(
-        default_factory=lambda: {"present": False, "kind": None, "vocab_size": None}
-    )
+    tokenizer: dict[str, Any] = field(default_factory=no_tokenizer)
+    generation: dict[str, Any] | None = None  # generation_config.json, recorded in architecture
 
 
 def inspect_upload(
@@ -85,7 +87,10 @@ def inspect_upload(
             "the upload holds no tensors: a checkpoint needs at least one weight",
             code="no_weights",
         )
-    _settle_config(inspection, config, workdir)
+    layout = apply_layout(inspection, config, limits)  # from-scratch GPT state_dicts
+    _settle_config(inspection, config if layout is None else layout.config, workdir)
+    if layout is not None:
+        layout.annotate(inspection.architecture)
     return inspection
 
 
@@ -125,6 +130,7 @@ def _inspect_zip(spooled: SpooledUpload, workdir: Path, limits: IngestLimits) ->
         tensors=[],
         uncompressed_bytes=sum(e.size for e in extracted),
         tokenizer=describe_tokenizer(folder),
+        generation=read_generation_config(folder),
     )
     config_file = folder / "config.json"
     if config_file.is_file():
@@ -174,7 +180,18 @@ def _shards_from_index(
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise RejectedCheckpoint(f"{SHARD_INDEX} has no weight_map", code="shard_index_invalid")
-    shards = sorted({str(v) for v in weight_map.values()})
+    if not all(isinstance(v, str) for v in weight_map.values()):
+        raise RejectedCheckpoint(
+            f"{SHARD_INDEX} maps tensors to non-string shard names", code="shard_index_invalid"
+        )
+    shards = sorted(set(weight_map.values()))
+    stray = sorted(name for name in headers if "/" not in name and name not in shards)
+    if stray:
+        raise RejectedCheckpoint(
+            f"{SHARD_INDEX} does not name {stray[:3]}: every safetensors file beside the index "
+            "must be one of its shards",
+            code="shard_index_invalid",
+        )
     for shard in shards:
         if shard not in headers or "/" in shard or shard.startswith("."):
             raise RejectedCheckpoint(
@@ -258,15 +275,37 @@ def _settle_config(inspection: Inspection, given: dict[str, Any] | None, workdir
     elif carried is not None:
         source, inspection.config = carried
     else:
-        inspection.config, source = infer_gpt2_config(shapes), "inferred"
+        inspection.config, source = _inferred_gpt2_config(shapes), "inferred"
     if inspection.config is None:
         return
     inspection.architecture = architecture_from_config(inspection.config, source=source)
     check_weights_match(inspection.architecture, shapes)
+    check_config_tensors(inspection.config, shapes)
+    _record_generation(inspection, inspection.architecture)
     if carried is not None and carried[0] != source:
         check_configs_agree(inspection.architecture, _carried_architecture(carried), carried[0])
     if "config.json" not in inspection.sources:
         _write_derived_config(inspection, workdir)
+
+
+def _inferred_gpt2_config(shapes: dict[str, tuple[int, ...]]) -> dict[str, Any] | None:
+    """GPT-2's config inferred from the shapes, only when the tensors are exactly that model's:
+    anything else (an edited or partial state_dict) is stored as weights without a model,
+    rather than refused for not matching a config nobody declared."""
+    config = infer_gpt2_config(shapes)
+    if config is None:
+        return None
+    try:
+        check_config_tensors(config, shapes)
+    except RejectedCheckpoint:
+        return None
+    return config
+
+
+def _record_generation(inspection: Inspection, architecture: dict[str, Any]) -> None:
+    if inspection.generation is not None:
+        note_ids_outside_vocabulary(inspection.generation, architecture["vocab_size"])
+        architecture["generation"] = inspection.generation
 
 
 def _carried_architecture(carried: tuple[str, dict[str, Any]]) -> dict[str, Any]:

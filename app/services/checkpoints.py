@@ -20,6 +20,7 @@ from app.db.refs import LATEST, check_alias, check_name
 from app.db.repositories import CheckpointRepository
 from app.errors import Conflict, InvalidInput, NotFound
 from app.ingest.inspect import Inspection, inspect_upload
+from app.ingest.layouts import added_parameter_count
 from app.ingest.spool import SpooledUpload
 from app.ingest.summary import parameter_stats, weights_digest
 from app.ingest.types import IngestLimits, TensorRecord
@@ -305,6 +306,7 @@ def _check_user_alias(alias: str) -> None:
 
 def _checkpoint_row(request: UploadRequest, inspection: Inspection, *, version: int) -> Checkpoint:
     stats = parameter_stats(inspection.tensors)
+    stats["parameter_count"] -= added_parameter_count(inspection.architecture)
     return Checkpoint(
         name=request.name,
         version=version,
