@@ -1,12 +1,12 @@
-"""Verification reports and checkpoint diffs of GPT-2 124M-shaped checkpoints against plain tools.
+"""Verification reports (GPT-2 124M, a Llama-135M shape) and checkpoint diffs against plain tools.
 
-    .venv/bin/python bench/verify.py [--work DIR] [--repeat N]
+    .venv/bin/python bench/verify.py [--work DIR] [--repeat N] [--models gpt2,llama]
 
-A real `ckpt serve` process (with its embedded worker on the CPU, CKPT_DEVICE=cpu) gets three raw
-safetensors uploads with their config.json: a random GPT-2 124M (seed 0), the same bytes under a
-second name (the equivalence reference), and different random weights in every tensor (seed 1,
-see gpt2_124m_all_different). Once the automatic verification of every upload has finished (so
-the worker is idle), it measures:
+A real `ckpt serve` process (with its embedded worker on the CPU, CKPT_DEVICE=cpu) gets raw
+safetensors uploads with their config.json: for each model a random one (seed 0) and the same
+bytes under a second name (the equivalence reference); for GPT-2 also different random weights
+in every tensor (seed 1, see gpt2_124m_all_different) for the diff. Once the automatic
+verification of every upload has finished (so the worker is idle), it measures, per model:
 
 * the full default report (`{}`: all checks, default inputs, no reference) and a report against
   the twin checkpoint (`{"reference": {"checkpoint": ...}}`, so equivalence runs): the headline
@@ -17,9 +17,9 @@ the worker is idle), it measures:
   long-lived worker is): hashlib sha256 of the stored blob (the integrity check's work),
   `AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)` and exactly the forward
   passes and greedy generations the report computes (see floor_report);
-* GET /v1/checkpoints/{a}/diff/{b} between the two different checkpoints (every tensor differs)
-  against hashlib sha256 of both model.safetensors files, with the server's peak RSS growth
-  (sampled every 10 ms) against the size of one model.
+* (GPT-2 only) GET /v1/checkpoints/{a}/diff/{b} between the two different checkpoints (every
+  tensor differs) against hashlib sha256 of both model.safetensors files, with the server's
+  peak RSS growth (sampled every 10 ms) against the size of one model.
 
 Report and floor runs are interleaved so that both see the same machine load.
 """
@@ -42,7 +42,13 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import gpt2_124m_folder, markdown_table, running_server, timed
+from bench.common import (
+    gpt2_124m_folder,
+    llama_135m_folder,
+    markdown_table,
+    running_server,
+    timed,
+)
 from bench.ingest import RssSampler
 
 REPORT_TARGET = 1.3  # POST → finished costs at most 1.3x its floor
@@ -50,6 +56,7 @@ DIFF_TARGET = 2.0  # the diff costs at most 2x hashing both files
 RSS_TARGET = 1.5  # peak server RSS growth during a diff stays below 1.5x one model
 POLL_SECONDS = 0.5  # how often the benchmark asks whether a report is finished
 FINISHED = {"passed", "failed", "error", "inconclusive"}
+MODELS = {"gpt2": ("GPT-2 124M", gpt2_124m_folder), "llama": ("Llama 135M", llama_135m_folder)}
 
 
 class RssBreakdown(RssSampler):
@@ -259,11 +266,13 @@ def sha256_files(paths: list[Path]) -> list[str]:
 def measure_reports(
     url: str, folder: Path, names: dict[str, str], inputs: list[list[int]], repeat: int
 ) -> tuple[list[list[str]], dict[str, dict[str, Any]], dict[str, dict[str, float]]]:
-    """Rows of the report table, the best report of each kind, the best floor of each kind."""
+    """Rows of the report table, the best report of each kind, the best floor of each kind.
+
+    `names` has the subject ("a") and its twin, and the model's label ("model")."""
     repeats, steps = 3, 32  # the request defaults (VerificationRequest)
     kinds = {
-        "default (`{}`)": ({}, None),
-        "with reference checkpoint": (
+        f"{names['model']}: default (`{{}}`)": ({}, None),
+        f"{names['model']}: with reference checkpoint": (
             {"reference": {"checkpoint": names["twin"]}},
             folder,
         ),
@@ -323,7 +332,7 @@ def measure_reports(
 
 
 CHECK_WORK = {
-    "integrity": "sha256 of every distinct stored blob (here 2: the 498 MB upload, which is also "
+    "integrity": "sha256 of every distinct stored blob (here 2: the upload, which is also "
     "model.safetensors, and config.json)",
     "round_trip": "from_pretrained (the model load), then a zero-copy sha256 of every reloaded "
     "tensor's bytes compared with the hash recorded at ingest (ε = 0 when equal)",
@@ -331,8 +340,8 @@ CHECK_WORK = {
     "equivalence": "with reference: reference from_pretrained, 1 forward per input on it, "
     "32 greedy tokens per input on both models; else n/a",
     "stability": "repeats − 1 = 2 more forwards per input (6), float64 variance",
-    "weights": "NaN/Inf scan of every tensor, float64 stats of wte/wpe; with reference: its "
-    "state dict loaded and all 148 tensors compared",
+    "weights": "NaN/Inf scan of every tensor, float64 stats of the token/output (and position) "
+    "embeddings; with reference: its state dict loaded and every tensor compared",
     "resumability": "n/a (not a training checkpoint)",
 }
 
@@ -394,10 +403,20 @@ def measure_diff(
     ]
 
 
+def measure_gpt2_diff(url: str, pid: int, work: Path, folder_a: Path, repeat: int) -> list[str]:
+    folder_b = gpt2_124m_all_different(work / "gpt2-seed1-all-different", seed=1)
+    names = {"a": "bench-gpt2", "b": "bench-gpt2-b"}
+    upload(url, folder_b, names["b"])
+    wait_idle(url, [names["b"]])
+    files = [folder_a / "model.safetensors", folder_b / "model.safetensors"]
+    return measure_diff(url, pid, names, files, repeat)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=None, help="reuse generated files here")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (best kept)")
+    parser.add_argument("--models", default="gpt2,llama", help=f"any of {', '.join(MODELS)}")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-verify-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -408,34 +427,30 @@ def main() -> None:
 
     transformers_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    folder_a = gpt2_124m_folder(work / "gpt2")
-    folder_b = gpt2_124m_all_different(work / "gpt2-seed1-all-different", seed=1)
-    names = {"a": "bench-a", "twin": "bench-a-twin", "b": "bench-b"}
     load_before = os.getloadavg()[0]
     data = work / "data"
     shutil.rmtree(data, ignore_errors=True)  # a fresh registry every run
-
+    report_rows: list[list[str]] = []
+    reports: dict[str, dict[str, Any]] = {}
+    floors: dict[str, dict[str, float]] = {}
+    diff_row: list[str] | None = None
     with running_server(data, CKPT_DEVICE="cpu") as (url, process):
-        uploaded = {
-            key: upload(url, folder, names[key])
-            for key, folder in (
-                ("a", folder_a),
-                ("twin", folder_a),
-                ("b", folder_b),
-            )
-        }
-        # Every upload queued its own verification: let the worker finish them first.
-        wait_idle(url, list(names.values()))
-        vocab = int(uploaded["a"]["architecture"]["vocab_size"])
-        inputs = default_token_ids(vocab)  # no tokenizer in the folders: the runner uses these
-        report_rows, reports, floors = measure_reports(url, folder_a, names, inputs, args.repeat)
-        diff_row = measure_diff(
-            url,
-            process.pid,
-            names,
-            [folder_a / "model.safetensors", folder_b / "model.safetensors"],
-            args.repeat,
-        )
+        for key in args.models.split(","):
+            label, build = MODELS[key]
+            folder = build(work / key)
+            names = {"model": label, "a": f"bench-{key}", "twin": f"bench-{key}-twin"}
+            uploaded = upload(url, folder, names["a"])
+            upload(url, folder, names["twin"])
+            # Every upload queued its own verification: let the worker finish them first.
+            wait_idle(url, [names["a"], names["twin"]])
+            vocab = int(uploaded["architecture"]["vocab_size"])
+            inputs = default_token_ids(vocab)  # no tokenizer in the folders: the runner uses these
+            rows, best, floor = measure_reports(url, folder, names, inputs, args.repeat)
+            report_rows += rows
+            reports |= best
+            floors |= floor
+            if key == "gpt2":
+                diff_row = measure_gpt2_diff(url, process.pid, work, folder, args.repeat)
 
     print(
         markdown_table(
@@ -459,23 +474,24 @@ def main() -> None:
             per_check_rows(reports, floors),
         )
     )
-    print()
-    print(
-        markdown_table(
-            [
-                "diff",
-                "seconds",
-                "floor (same run)",
-                "vs floor",
-                "server peak RSS growth MB",
-                "one model MB",
-                "RSS growth vs one model",
-            ],
-            [diff_row],
+    if diff_row is not None:
+        print()
+        print(
+            markdown_table(
+                [
+                    "diff",
+                    "seconds",
+                    "floor (same run)",
+                    "vs floor",
+                    "server peak RSS growth MB",
+                    "one model MB",
+                    "RSS growth vs one model",
+                ],
+                [diff_row],
+            )
         )
-    )
     print(
-        f"\nbest of {args.repeat}; inputs (token ids, no tokenizer): {inputs}; "
+        f"\nbest of {args.repeat}; inputs: default_token_ids(vocabulary) (no tokenizer); "
         "POST → finished = the report's finished_at minus the time the POST was sent"
     )
     print(

@@ -28,8 +28,17 @@ from app.storage.base import BlobStorage
 from app.storage.cache import BlobPins
 from app.storage.pins import Pin
 from app.verify.base import LoadedCheckpoint
+from app.verify.stored_names import stored_parameters
 
-KNOWN_MODEL_TYPES = {"gpt2"}
+# Narrowest first: the last one a checkpoint stores is its widest.
+_FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def causal_lm_model_types() -> frozenset[str]:
+    """Every model_type transformers itself implements for causal language modelling."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
 
 
 class CheckpointFileMissing(AppError):
@@ -188,7 +197,7 @@ class StoredCheckpoint(LoadedCheckpoint):
         architecture = self.view.architecture
         if architecture is None:
             return "unknown architecture (a state_dict without a model config)"
-        if architecture.get("model_type") not in KNOWN_MODEL_TYPES:
+        if architecture.get("model_type") not in causal_lm_model_types():
             return f"model type {architecture.get('model_type')!r} is not supported for loading"
         return None
 
@@ -209,8 +218,13 @@ class StoredCheckpoint(LoadedCheckpoint):
 
             require_readable_files(self.folder)
             model: Any = AutoModelForCausalLM.from_pretrained(
-                self.folder, use_safetensors=True, local_files_only=True, trust_remote_code=False
+                self.folder,
+                use_safetensors=True,
+                local_files_only=True,
+                trust_remote_code=False,
+                dtype=_load_dtype(self.tensors),
             )
+            _restore_stored_dtypes(model, self.tensors)
             model.to(self.device)
             self._model = model.eval()
         return self._model
@@ -222,3 +236,31 @@ class StoredCheckpoint(LoadedCheckpoint):
             require_readable_files(self.folder)
             self._tokenizer = AutoTokenizer.from_pretrained(self.folder, local_files_only=True)
         return self._tokenizer
+
+
+def _stored_float_dtypes(tensors: tuple[TensorRecord, ...]) -> list[str]:
+    stored = {tensor.dtype for tensor in tensors}
+    return [dtype for dtype in _FLOAT_DTYPES if dtype in stored]
+
+
+def _load_dtype(tensors: tuple[TensorRecord, ...]) -> torch.dtype:
+    """The stored dtype; for a mixed file the widest one, so that loading only ever widens.
+
+    Never "auto": that trusts config.json's `dtype`, which may say float32 over bfloat16
+    tensors (widened: the reloaded tensors no longer hash as stored) or the reverse (rounded).
+    """
+    dtypes = _stored_float_dtypes(tensors) or ["float32"]
+    dtype: torch.dtype = getattr(torch, dtypes[-1])
+    return dtype
+
+
+def _restore_stored_dtypes(model: torch.nn.Module, tensors: tuple[TensorRecord, ...]) -> None:
+    """Give each parameter of a mixed checkpoint back its stored dtype; the load only widened
+    them, so narrowing again is exact (bit for bit)."""
+    if len(_stored_float_dtypes(tensors)) < 2:
+        return
+    stored = {tensor.name: getattr(torch, tensor.dtype) for tensor in tensors}
+    for name, parameter in stored_parameters(model).items():
+        dtype = stored.get(name)
+        if dtype is not None and parameter.is_floating_point() and parameter.dtype != dtype:
+            parameter.data = parameter.data.to(dtype)

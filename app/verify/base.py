@@ -70,6 +70,13 @@ def verdict(name: str, ok: bool, **fields: Any) -> CheckResult:
 
 
 _EXACT_DTYPES = ("float32", "float64")
+# (max |Δlogit|, top-1 agreement, KL, variance) for drift across dtypes, by the less precise
+# one. bfloat16 keeps 8 significant bits, float16 11: its rounding error is 8x smaller, and so
+# is the drift measured on the test models (README: "Tolerances across dtypes").
+_HALF_PRECISION = {
+    "bfloat16": (0.5, 0.99, 1e-3, 1e-6),
+    "float16": (0.0625, 0.99, 1e-4, 1e-6),
+}
 TOLERANCE_FIELDS = ("max_abs_logit", "min_top1_agreement", "max_kl", "max_variance")
 REQUESTED = "requested"
 
@@ -86,14 +93,29 @@ class Tolerance:
     max_kl: float
     max_variance: float
     sources: dict[str, str] = field(default_factory=dict, compare=False)
+    # Half-precision drift between the pair, where near ties are expected (see near_tie_margin).
+    half_precision_drift: bool = field(default=False, compare=False)
 
     @classmethod
-    def defaults(cls, *, same_device: bool, dtype: str) -> Tolerance:
+    def defaults(
+        cls, *, same_device: bool, dtype: str, other_dtype: str | None = None
+    ) -> Tolerance:
+        """`dtype` is the least precise of the pair; `other_dtype` the other side's when the
+        pair differs in dtype (a bfloat16 copy of a float32 checkpoint)."""
         where = "same" if same_device else "other"
-        sources = dict.fromkeys(TOLERANCE_FIELDS, f"default for {dtype} on {where} device")
-        if dtype in _EXACT_DTYPES and same_device:
+        pair = f"{dtype} vs {other_dtype}" if other_dtype else dtype
+        sources = dict.fromkeys(TOLERANCE_FIELDS, f"default for {pair} on {where} device")
+        if same_device and (dtype in _EXACT_DTYPES or other_dtype is None):
             return cls(1e-5, 1.0, 1e-6, 0.0, sources)
+        if dtype in _HALF_PRECISION:
+            return cls(*_HALF_PRECISION[dtype], sources=sources, half_precision_drift=True)
         return cls(1e-2, 0.99, 1e-3, 1e-6, sources)
+
+    @property
+    def near_tie_margin(self) -> float | None:
+        """For half-precision drift: a top-1 pick whose lead is at most this (twice the allowed
+        |Δlogit|, what two sides within tolerance can swap) is a near tie, not a difference."""
+        return 2 * self.max_abs_logit if self.half_precision_drift else None
 
     def overridden(self, requested: Mapping[str, float]) -> Tolerance:
         """These thresholds with the requested ones in their place; the others stay as they are."""
@@ -102,7 +124,7 @@ class Tolerance:
             name: REQUESTED if name in requested else self.sources.get(name, "")
             for name in TOLERANCE_FIELDS
         }
-        return Tolerance(**values, sources=sources)
+        return Tolerance(**values, sources=sources, half_precision_drift=self.half_precision_drift)
 
     def thresholds(self, *names: str) -> dict[str, Any]:
         """The named thresholds for a check's report, with where each one came from."""
@@ -169,7 +191,8 @@ class CheckContext:
         """
         if same_device is None:
             same_device = self._reference_device() in (None, self.device.type)
-        defaults = Tolerance.defaults(same_device=same_device, dtype=self._compared_dtype())
+        dtype, other_dtype = self._compared_dtypes()
+        defaults = Tolerance.defaults(same_device=same_device, dtype=dtype, other_dtype=other_dtype)
         return defaults.overridden(self.options.tolerance or {})
 
     def _reference_device(self) -> str | None:
@@ -177,13 +200,16 @@ class CheckContext:
             return None
         return str(self.reference_outputs.get("device", "cpu")).split(":")[0]
 
-    def _compared_dtype(self) -> str:
+    def _compared_dtypes(self) -> tuple[str, str | None]:
+        """(least precise dtype of the pair, the other side's dtype when the two differ)."""
         dtypes = [_main_dtype(self.subject.view.parameters_by_dtype)]
         if self.reference is not None:
             dtypes.append(_main_dtype(self.reference.view.parameters_by_dtype))
         elif self.reference_outputs is not None:
             dtypes.append(str(self.reference_outputs.get("dtype") or "float32"))
-        return next((d for d in dtypes if d not in _EXACT_DTYPES), dtypes[0])
+        least = next((d for d in dtypes if d not in _EXACT_DTYPES), dtypes[0])
+        other = next((d for d in dtypes if d != least), None)
+        return least, other
 
 
 def _main_dtype(parameters_by_dtype: Mapping[str, int]) -> str:

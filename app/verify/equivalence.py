@@ -15,6 +15,12 @@ from typing import Any
 import torch
 
 from app.errors import InvalidInput
+from app.verify import near_ties
+from app.verify.architectures import (
+    architecture_differences,
+    architecture_fields,
+    checkpoint_architecture,
+)
 from app.verify.base import CheckContext, CheckResult, Tolerance, not_applicable, verdict
 from app.verify.forward import (
     cached,
@@ -28,7 +34,6 @@ from app.verify.forward import (
 from app.verify.reference_outputs import ReferenceOutputs, parse_reference_outputs
 
 NAME = "equivalence"
-ARCHITECTURE_FIELDS = ("model_type", "n_layer", "n_embd", "n_head", "vocab_size", "n_positions")
 _PARSED_DOCUMENT_KEY = "reference_outputs:parsed"
 
 
@@ -84,7 +89,7 @@ def _with_architectures(ctx: CheckContext, result: CheckResult) -> CheckResult:
     """Compare what both sides say they are first; any difference leads the verdict's message."""
     if result.status in ("not_applicable", "error"):
         return result
-    subject = _architecture_fields(ctx.subject.view.architecture)
+    subject = checkpoint_architecture(ctx.subject)
     reference = _reference_architecture(ctx)
     differences = architecture_differences(subject, reference)
     result.metrics["architectures"] = {"subject": subject, "reference": reference}
@@ -96,31 +101,9 @@ def _with_architectures(ctx: CheckContext, result: CheckResult) -> CheckResult:
 
 def _reference_architecture(ctx: CheckContext) -> dict[str, Any] | None:
     if ctx.reference is not None:
-        return _architecture_fields(ctx.reference.view.architecture)
+        return checkpoint_architecture(ctx.reference)
     recorded = (ctx.reference_outputs or {}).get("architecture")
-    return _architecture_fields(recorded) if isinstance(recorded, dict) else None
-
-
-def _architecture_fields(architecture: dict[str, Any] | None) -> dict[str, Any]:
-    known = architecture or {}
-    fields = {name: known.get(name) for name in ARCHITECTURE_FIELDS}
-    fields["inferred"] = bool(known.get("inferred"))
-    return fields
-
-
-def architecture_differences(
-    subject: dict[str, Any], reference: dict[str, Any] | None
-) -> list[str]:
-    """`n_head 1 vs 2` for every field both sides state and disagree on."""
-    if reference is None:
-        return []
-    return [
-        f"{name} {subject[name]} vs {reference[name]}"
-        for name in ARCHITECTURE_FIELDS
-        if subject.get(name) is not None
-        and reference.get(name) is not None
-        and subject[name] != reference[name]
-    ]
+    return architecture_fields(recorded) if isinstance(recorded, dict) else None
 
 
 # --- gathering outputs -----------------------------------------------------------------------
@@ -205,6 +188,12 @@ def _compare(ctx: CheckContext, reference: _Reference, subject: _Outputs) -> Che
         for index in range(len(reference.inputs))
     ]
     metrics = _aggregate(per_prompt)
+    margin = tolerance.near_tie_margin
+    if margin is not None:
+        thresholds["near_tie_margin"] = margin
+        logits = (subject.logits, reference.outputs.logits)
+        model = ctx.subject.model()
+        metrics |= near_ties.assess(model, ctx.device, reference.inputs, per_prompt, logits, margin)
     metrics.update(
         reference=reference.kind, max_new_tokens=reference.max_new_tokens, per_prompt=per_prompt
     )
@@ -326,11 +315,9 @@ def _worst(per_prompt: list[dict[str, Any]], key: str, pick: Any) -> float | Non
 
 
 def _within(metrics: dict[str, Any], tolerance: Tolerance) -> bool:
-    max_abs, kl, top1 = (
-        metrics["max_abs_logit_diff"],
-        metrics["kl_divergence"],
-        metrics["top1_agreement"],
-    )
+    """Near ties (half-precision drift only, see app.verify.near_ties) count as agreement."""
+    max_abs, kl = metrics["max_abs_logit_diff"], metrics["kl_divergence"]
+    top1 = metrics.get("top1_agreement_beyond_near_ties", metrics["top1_agreement"])
     return (
         max_abs is not None
         and kl is not None
@@ -338,7 +325,7 @@ def _within(metrics: dict[str, Any], tolerance: Tolerance) -> bool:
         and max_abs <= tolerance.max_abs_logit
         and kl <= tolerance.max_kl
         and top1 >= tolerance.min_top1_agreement
-        and bool(metrics["greedy_match"])
+        and bool(metrics.get("greedy_ok", metrics["greedy_match"]))
     )
 
 
@@ -349,12 +336,11 @@ def _detail(metrics: dict[str, Any], tolerance: Tolerance, ok: bool) -> str:
         f"(limit {_number(tolerance.max_abs_logit)}), KL {_number(metrics['kl_divergence'])} "
         f"(limit {_number(tolerance.max_kl)}), top-1 agreement "
         f"{_percent(metrics['top1_agreement'])} (minimum {_percent(tolerance.min_top1_agreement)})"
+        f"{_near_tie_note(metrics)}; tolerance: {_tolerance_sources(tolerance)}"
     )
     against = f"the reference {metrics['reference']}"
     if ok:
-        return (
-            f"All {count} prompts match {against}: {summary}; greedy continuations are identical."
-        )
+        return f"All {count} prompts match {against}: {summary}; {_greedy_summary(metrics)}."
     if metrics["max_abs_logit_diff"] is None:
         return f"The logits contain NaN or infinite values, so they cannot match {against}."
     if metrics["greedy_match"]:
@@ -365,6 +351,30 @@ def _detail(metrics: dict[str, Any], tolerance: Tolerance, ok: bool) -> str:
             f"step {metrics['first_divergent_step']}"
         )
     return f"The subject does not match {against} on {count} prompts: {summary}; {greedy}."
+
+
+def _near_tie_note(metrics: dict[str, Any]) -> str:
+    ties = metrics.get("top1_near_ties")
+    return f", {ties} top-1 differences at near ties" if ties else ""
+
+
+def _tolerance_sources(tolerance: Tolerance) -> str:
+    """`default for bfloat16 vs float32 on same device`, or each threshold's own source."""
+    names = ("max_abs_logit", "min_top1_agreement", "max_kl")
+    sources = {name: tolerance.sources.get(name, "") for name in names}
+    if len(set(sources.values())) == 1:
+        return sources[names[0]]
+    return ", ".join(f"{source} for {name}" for name, source in sources.items())
+
+
+def _greedy_summary(metrics: dict[str, Any]) -> str:
+    if metrics["greedy_match"]:
+        return "greedy continuations are identical"
+    ties = metrics["greedy_near_tie_prompts"]
+    return (
+        f"the greedy continuations of prompts {', '.join(map(str, ties))} diverge, each at a "
+        "near tie that the drift allowed between these dtypes can flip"
+    )
 
 
 def _decode(tokenizer: Any, ids: list[int]) -> str:

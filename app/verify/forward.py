@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -10,6 +11,7 @@ import torch
 from app.verify.base import CheckContext, LoadedCheckpoint
 
 T = TypeVar("T")
+_NARROW_FIRST = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def cached(ctx: CheckContext, key: str, compute: Callable[[], T]) -> T:
@@ -19,13 +21,26 @@ def cached(ctx: CheckContext, key: str, compute: Callable[[], T]) -> T:
     return value
 
 
+def compute_context(model: Any) -> contextlib.AbstractContextManager[Any]:
+    """Where a model with parameters of several float dtypes (a mixed checkpoint: bfloat16
+    matrices, float32 norms) can run: autocast to the least precise of them, as training with
+    mixed precision ran it. Other models run as they are."""
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if len(dtypes) < 2:
+        return contextlib.nullcontext()
+    narrowest = next(dtype for dtype in _NARROW_FIRST if dtype in dtypes)
+    device = next(model.parameters()).device.type
+    return torch.autocast(device_type=device, dtype=narrowest)
+
+
 @torch.inference_mode()
 def prompt_logits(model: Any, inputs: list[list[int]], device: torch.device) -> list[torch.Tensor]:
     """Logits [positions, vocab] for each prompt, as float32 on the CPU."""
     results = []
     for ids in inputs:
         batch = torch.tensor([ids], dtype=torch.long, device=device)
-        logits = model(input_ids=batch).logits[0]
+        with compute_context(model):
+            logits = model(input_ids=batch).logits[0]
         results.append(logits.float().cpu())
     return results
 
@@ -43,14 +58,15 @@ def greedy_continuation(
     if steps == 0:
         return []
     batch = torch.tensor([ids], dtype=torch.long, device=device)
-    output = model.generate(
-        input_ids=batch,
-        attention_mask=torch.ones_like(batch),
-        do_sample=False,
-        max_new_tokens=steps,
-        min_new_tokens=steps,
-        pad_token_id=0,
-    )
+    with compute_context(model):
+        output = model.generate(
+            input_ids=batch,
+            attention_mask=torch.ones_like(batch),
+            do_sample=False,
+            max_new_tokens=steps,
+            min_new_tokens=steps,
+            pad_token_id=0,
+        )
     return [int(t) for t in output[0, len(ids) :].tolist()]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from app.ingest.layouts import added_parameter_count
 from app.verify.base import CheckContext, CheckResult, not_applicable, verdict
 from app.verify.forward import subject_logits
 
@@ -29,7 +30,10 @@ def run(ctx: CheckContext) -> CheckResult:
     )
     finite = all(bool(torch.isfinite(out).all()) for out in logits)
     parameters = sum(p.numel() for p in model.parameters())
-    recorded = ctx.subject.view.parameter_count
+    # the checkpoint's own count; a from-scratch layout's mapping may have added zero biases
+    recorded = ctx.subject.view.parameter_count + added_parameter_count(
+        ctx.subject.view.architecture
+    )
     problems = []
     if not shapes_ok:
         problems.append(f"logits are not [positions, {vocab}]")
@@ -47,8 +51,17 @@ def run(ctx: CheckContext) -> CheckResult:
             "logits_shapes": [list(out.shape) for out in logits],
             "finite": finite,
             "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+            "parameters_by_dtype": _parameters_by_dtype(model),
         },
         thresholds={"parameters": recorded},
         detail="; ".join(problems)
         or f"{type(model).__name__} loads; logits finite and shaped [positions, {vocab}]",
     )
+
+
+def _parameters_by_dtype(model: torch.nn.Module) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for parameter in model.parameters():
+        dtype = str(parameter.dtype).removeprefix("torch.")
+        counts[dtype] = counts.get(dtype, 0) + parameter.numel()
+    return counts

@@ -98,20 +98,22 @@ def default_token_ids(vocab_size: int) -> list[list[int]]:
 
 
 def record_reference_outputs(
-    model_dir: Path,
+    model_dir: Path | torch.nn.Module,
     prompts: list[str] | None = None,
     token_ids: list[list[int]] | None = None,
     max_new_tokens: int = 32,
     device: str = "cpu",
     *,
     weights_digest: str | None = None,
+    context_length: int | None = None,
 ) -> dict[str, Any]:
     """Load a save_pretrained folder, run it on the prompts and return the JSON document.
 
     Give `prompts` (needs a tokenizer in the folder) or `token_ids`, not both; with neither, the
-    default prompts are used (or default_token_ids when the folder has no tokenizer).
+    default prompts are used (or default_token_ids when the folder has no tokenizer). Instead of a
+    folder, `model_dir` may be any torch.nn.Module mapping token ids [1, T] to logits [1, T, V]
+    (a from-scratch GPT): then give `token_ids`, and `context_length` if the module has one.
     """
-    import transformers
     from transformers import AutoModelForCausalLM
 
     if prompts is not None and token_ids is not None:
@@ -119,6 +121,11 @@ def record_reference_outputs(
     if not 0 <= max_new_tokens <= MAX_NEW_TOKENS:
         raise ValueError(f"max_new_tokens must be between 0 and {MAX_NEW_TOKENS}")
     torch_device = torch.device(device)
+    if isinstance(model_dir, torch.nn.Module):
+        document = _record_module(
+            model_dir, token_ids, max_new_tokens, torch_device, context_length
+        )
+        return {**document, "weights_digest": weights_digest}
     model: Any = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True)
     model = model.to(torch_device).eval()
     tokenizer = _load_tokenizer(model_dir)
@@ -126,35 +133,91 @@ def record_reference_outputs(
     _check_inputs_fit(inputs, model)
     logits = prompt_logits(model, inputs, torch_device)
     greedy = [greedy_continuation(model, ids, max_new_tokens, torch_device) for ids in inputs]
+    document = _document(model, torch_device, max_new_tokens, texts, inputs, logits, greedy)
+    # What the recording model was, so equivalence can name an architecture difference.
+    document["architecture"] = _recorded_architecture(model.config.to_dict())
+    return {**document, "weights_digest": weights_digest}
+
+
+def _document(
+    model: torch.nn.Module,
+    device: torch.device,
+    max_new_tokens: int,
+    texts: list[str | None],
+    inputs: list[list[int]],
+    logits: list[torch.Tensor],
+    greedy: list[list[int]],
+) -> dict[str, Any]:
+    import transformers
+
     return {
         "format": FORMAT,
         "created_at": datetime.now(UTC).isoformat(),
-        "device": str(torch_device),
-        "dtype": str(model.dtype).removeprefix("torch."),
+        "device": str(device),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "library_versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-        "weights_digest": weights_digest,
-        # What the recording model was, so equivalence can name an architecture difference.
-        "architecture": _recorded_architecture(model.config.to_dict()),
+        "weights_digest": None,
+        "architecture": None,
         "max_new_tokens": max_new_tokens,
         "prompts": [
-            {
-                "text": text,
-                "token_ids": ids,
-                "logits": encode_logits(prompt_logit),
-                "greedy": continuation,
-            }
-            for text, ids, prompt_logit, continuation in zip(
-                texts, inputs, logits, greedy, strict=True
-            )
+            {"text": text, "token_ids": ids, "logits": encode_logits(out), "greedy": continuation}
+            for text, ids, out, continuation in zip(texts, inputs, logits, greedy, strict=True)
         ],
     }
 
 
+def _record_module(
+    module: torch.nn.Module,
+    token_ids: list[list[int]] | None,
+    max_new_tokens: int,
+    device: torch.device,
+    context_length: int | None,
+) -> dict[str, Any]:
+    """The document from the user's own module: logits of each prompt, then greedy tokens by
+    argmax over full forwards, as many as the registry's check will ask for (capped by context)."""
+    if not token_ids or not all(token_ids):
+        raise ValueError("a torch.nn.Module has no tokenizer here: give token_ids")
+    inputs = [[int(token) for token in ids] for ids in token_ids]
+    module = module.to(device).eval()
+    logits = [_module_logits(module, ids, device) for ids in inputs]
+    greedy = []
+    for ids in inputs:
+        steps = max_new_tokens if context_length is None else context_length - len(ids)
+        sequence = list(ids)
+        for _ in range(max(0, min(max_new_tokens, steps))):
+            sequence.append(int(_module_logits(module, sequence, device)[-1].argmax()))
+        greedy.append(sequence[len(ids) :])
+    texts: list[str | None] = [None] * len(inputs)
+    return _document(module, device, max_new_tokens, texts, inputs, logits, greedy)
+
+
+@torch.inference_mode()
+def _module_logits(module: torch.nn.Module, ids: list[int], device: torch.device) -> torch.Tensor:
+    output = module(torch.tensor([ids], dtype=torch.long, device=device))
+    if isinstance(output, tuple):  # nanoGPT's forward returns (logits, loss)
+        output = output[0]
+    logits = output if isinstance(output, torch.Tensor) else output.logits
+    if logits.dim() != 3 or tuple(logits.shape[:2]) != (1, len(ids)):
+        raise ValueError(
+            f"the module returned logits of shape {list(logits.shape)}; expected [1, {len(ids)}, "
+            "vocab]: logits for every position (nanoGPT gives them when called with targets)"
+        )
+    return logits[0].float().cpu()
+
+
 def _recorded_architecture(config: dict[str, Any]) -> dict[str, Any] | None:
+    """The summary's flat fields: what a document may hold (see _optional_architecture)."""
     try:
-        return architecture_from_config(config, source="config.json")
+        summary = architecture_from_config(config, source="config.json")
     except AppError:  # a config the registry would refuse: record the outputs all the same
         return None
+    return {key: value for key, value in summary.items() if _short_scalar(value)}
+
+
+def _short_scalar(value: Any) -> bool:
+    scalar = value is None or isinstance(value, bool | int | float | str)
+    listed = isinstance(value, list) and all(isinstance(item, str) for item in value)
+    return (scalar or listed) and len(str(value)) <= 256
 
 
 def _load_tokenizer(model_dir: Path) -> Any | None:
@@ -360,9 +423,7 @@ def _optional_architecture(value: Any) -> dict[str, Any] | None:
     if len(architecture) > 64:
         raise _invalid("architecture has more than 64 fields")
     for key, item in architecture.items():
-        scalar = item is None or isinstance(item, bool | int | float | str)
-        listed = isinstance(item, list) and all(isinstance(x, str) for x in item)
-        if (not scalar and not listed) or len(str(item)) > 256:
+        if not _short_scalar(item):
             raise _invalid(f"architecture.{_short(key)} must be a short scalar")
     return dict(architecture)
 

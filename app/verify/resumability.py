@@ -39,6 +39,7 @@ from app.ingest.optimizer_state import (
 )
 from app.ingest.torch_pickle import OPTIMIZER_FILE, TRAINING_FILE
 from app.verify.base import CheckContext, CheckResult, not_applicable, verdict
+from app.verify.forward import compute_context
 from app.verify.reference_outputs import default_token_ids
 
 NAME = "resumability"
@@ -82,7 +83,7 @@ def run(ctx: CheckContext) -> CheckResult:
     }
     if record is not None:
         if model_reason is None:
-            parameters = named_parameter_shapes(ctx.subject.model())
+            parameters = named_parameter_shapes(ctx.subject.model(), _added(ctx))
             problems += ordered_state_problems(record, parameters)
             metrics["parameter_order"] = "model.named_parameters()"
         else:
@@ -162,8 +163,17 @@ def _state_key(name: str) -> tuple[int | None, str]:
     return int(index_text), key
 
 
-def named_parameter_shapes(model: Any) -> list[tuple[str, Shape]]:
-    return [(name, tuple(parameter.shape)) for name, parameter in model.named_parameters()]
+def named_parameter_shapes(
+    model: Any, added: frozenset[str] = frozenset()
+) -> list[tuple[str, Shape]]:
+    return [(name, tuple(p.shape)) for name, p in model.named_parameters() if name not in added]
+
+
+def _added(ctx: CheckContext) -> frozenset[str]:
+    """Zero biases a from-scratch layout's mapping added: the user's optimizer never had them, so
+    they are not indexed by it and stay frozen in the step (as they were absent in training)."""
+    layout = (ctx.subject.view.architecture or {}).get("layout") or {}
+    return frozenset(layout.get("added_parameters") or ())
 
 
 # --- structural checks -----------------------------------------------------------------------
@@ -260,11 +270,12 @@ def training_step(
     """
     model = copy.deepcopy(ctx.subject.model())
     model.eval()
-    parameters = list(model.parameters())
+    added = _added(ctx)
+    parameters = [p for name, p in model.named_parameters() if name not in added]
     batch = _fixed_batch(ctx, model)
     try:
         optimizer = rebuild_optimizer(optimizer_class, parameters, record)
-        with torch.enable_grad():
+        with torch.enable_grad(), compute_context(model):
             for parameter in parameters:
                 parameter.requires_grad_(True)
             loss = model(input_ids=batch, labels=batch).loss
@@ -273,7 +284,7 @@ def training_step(
             before = [parameter.detach().clone() for parameter in parameters]
             optimizer.step()
         change = _change_norm(parameters, before)
-        with torch.no_grad():
+        with torch.no_grad(), compute_context(model):
             loss_after = float(model(input_ids=batch, labels=batch).loss)
     except _STEP_ERRORS as exc:
         return {

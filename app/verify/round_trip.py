@@ -28,6 +28,7 @@ from app.errors import AppError
 from app.ingest.archive_scan import scan_zip
 from app.ingest.types import TensorRecord
 from app.verify.base import CheckContext, CheckResult, verdict
+from app.verify.stored_names import as_stored
 
 NAME = "round_trip"
 _CHUNK = 4 << 20
@@ -84,7 +85,8 @@ def _describe(exc: Exception) -> str:
 
 def _reload(ctx: CheckContext, loader: str) -> dict[str, torch.Tensor]:
     if loader == "from_pretrained":
-        return dict(ctx.subject.model().state_dict())
+        model = ctx.subject.model()
+        return as_stored(model, model.state_dict())
     return ctx.subject.state_dict()
 
 

@@ -6,8 +6,9 @@ NaN/Inf or an embedding is constant (std 0: e.g. overwritten with ones, which sh
 With a reference checkpoint every tensor is compared. The rule for "unchanged":
   * same dtype on both sides: exactly equal (the stored bits must survive storage and reload;
     float32 on the same device is deterministic, so there is no reason to allow any slack);
-  * different dtypes (e.g. float16 vs float32): relative change ‖ΔW‖_F / ‖W_ref‖_F ≤ 1e-6,
-    computed in float64.
+  * different dtypes (a bfloat16 copy of a float32 checkpoint): the more precise side, rounded
+    to the other's dtype, equals it bit for bit: exactly what a dtype conversion makes, nothing
+    more (the relative change ‖ΔW‖_F / ‖W_ref‖_F, computed in float64, is reported).
 Tensors present on one side only or with different shapes also fail the check.
 
 Tensors are processed one at a time, in chunks of at most _CHUNK_ELEMENTS, always in float64, so
@@ -24,9 +25,9 @@ from typing import Any
 import torch
 
 from app.verify.base import CheckContext, CheckResult, verdict
+from app.verify.stored_names import stored_parameters
 
 NAME = "weights"
-MAX_RELATIVE_CHANGE = 1e-6
 MAX_LISTED_TENSORS = 100
 # 1M elements: a float64 temporary stays at 8 MB, below glibc's mmap threshold, so chunks
 # reuse heap pages instead of faulting in fresh ones every time.
@@ -34,7 +35,8 @@ _CHUNK_ELEMENTS = 1 << 20
 _TOKEN_EMBEDDING_NAMES = ("transformer.wte.weight", "wte.weight")
 _POSITION_EMBEDDING_NAMES = ("transformer.wpe.weight", "wpe.weight")
 _COMPARISON_RULE = (
-    "same dtype: exactly equal; different dtypes: relative change ‖ΔW‖_F/‖W_ref‖_F ≤ 1e-6"
+    "same dtype: exactly equal; different dtypes: the more precise side rounded to the other's "
+    "dtype is exactly equal"
 )
 
 
@@ -74,7 +76,7 @@ class TensorDifference:
 def run(ctx: CheckContext) -> CheckResult:
     subject = ctx.subject.state_dict()
     non_finite = non_finite_tensors(subject)
-    embeddings = _embedding_report(subject, non_finite)
+    embeddings = _embedding_report(subject, non_finite, _embedding_names(ctx, subject))
     constant = [role for role, entry in embeddings.items() if entry.get("constant_embedding")]
     metrics: dict[str, Any] = {
         "tensor_count": len(subject),
@@ -88,7 +90,7 @@ def run(ctx: CheckContext) -> CheckResult:
     if ctx.reference is not None:
         comparison = compare_state_dicts(subject, ctx.reference.state_dict())
         metrics["comparison"] = comparison
-        thresholds.update(comparison_rule=_COMPARISON_RULE, max_relative_change=MAX_RELATIVE_CHANGE)
+        thresholds["comparison_rule"] = _COMPARISON_RULE
         problems += _comparison_problems(comparison)
     ok = not problems
     return verdict(
@@ -169,11 +171,39 @@ def _by_name(state_dict: dict[str, torch.Tensor], names: tuple[str, ...]) -> str
     return next((name for name in state_dict if name.endswith(suffix)), None)
 
 
+def _embedding_names(ctx: CheckContext, state_dict: dict[str, torch.Tensor]) -> dict[str, str]:
+    """{"token", "output", "position"} -> stored tensor name. The token and output embeddings
+    are the model's own (get_input_embeddings()/get_output_embeddings()) when it builds; by
+    name otherwise, and for the position embedding, which models do not expose."""
+    found = find_embeddings(state_dict)
+    if ctx.subject.model_unavailable_reason is not None:
+        return found
+    try:
+        model = ctx.subject.model()
+    except Exception:  # the load check reports why; the stored tensors are still checked here
+        return found
+    names: dict[int, list[str]] = {}
+    for name, parameter in stored_parameters(model).items():
+        names.setdefault(id(parameter), []).append(name)
+    for role, module in (
+        ("token", model.get_input_embeddings()),
+        ("output", model.get_output_embeddings()),
+    ):
+        weight = getattr(module, "weight", None)
+        stored = [name for name in names.get(id(weight), []) if name in state_dict]
+        if stored:
+            found[role] = stored[0]
+    return found
+
+
 def _embedding_report(
-    state_dict: dict[str, torch.Tensor], non_finite: list[str]
+    state_dict: dict[str, torch.Tensor], non_finite: list[str], names: dict[str, str]
 ) -> dict[str, dict[str, Any]]:
     report: dict[str, dict[str, Any]] = {}
-    for role, name in find_embeddings(state_dict).items():
+    for role, name in names.items():
+        if role == "output" and name == names.get("token"):
+            report[role] = {"name": name, "tied_to": "token", "constant_embedding": False}
+            continue
         tensor = state_dict[name]
         entry: dict[str, Any] = {"name": name, "shape": list(tensor.shape)}
         if name in non_finite or not tensor.is_floating_point():
@@ -241,7 +271,9 @@ def tensor_difference(
     if same_dtype and _identical(subject, reference):
         return TensorDifference(name, 0.0, 0.0, 0.0, exactly_equal=True, within_tolerance=True)
     squared_diff = squared_ref = max_abs = 0.0
+    rounded = not same_dtype
     for mine, theirs in zip(_chunks(subject), _chunks(reference), strict=True):
+        rounded = rounded and _equal_once_rounded(mine, theirs)
         theirs_wide = _widen(theirs)
         delta = (_widen(mine) - theirs_wide).abs()
         squared_diff += float(delta.square().sum())
@@ -250,7 +282,7 @@ def tensor_difference(
     frobenius = math.sqrt(squared_diff)
     finite = math.isfinite(frobenius) and math.isfinite(max_abs)
     relative = _relative(frobenius, math.sqrt(squared_ref)) if finite else None
-    within = not same_dtype and relative is not None and relative <= MAX_RELATIVE_CHANGE
+    within = rounded and relative is not None
     return TensorDifference(
         name,
         frobenius_diff=frobenius if finite else None,
@@ -268,6 +300,14 @@ def _identical(subject: torch.Tensor, reference: torch.Tensor) -> bool:
     if not _is_float(subject):
         return False
     return torch.equal(_raw_bytes(subject), _raw_bytes(reference))
+
+
+def _equal_once_rounded(subject: torch.Tensor, reference: torch.Tensor) -> bool:
+    """The more precise of two float chunks, rounded to the other's dtype, equals it."""
+    if not (subject.is_floating_point() and reference.is_floating_point()):
+        return False
+    coarse, fine = sorted((subject, reference), key=lambda t: -torch.finfo(t.dtype).eps)
+    return _identical(fine.to(coarse.dtype), coarse)
 
 
 def _raw_bytes(tensor: torch.Tensor) -> torch.Tensor:
@@ -315,8 +355,8 @@ def _detail(metrics: dict[str, Any], problems: list[str], with_reference: bool) 
     changed = comparison["changed_tensor_count"]
     if changed:
         return (
-            f"All {count} tensors are finite; {changed} differ from the reference only within "
-            f"the dtype-conversion tolerance (relative change ≤ {MAX_RELATIVE_CHANGE:g})."
+            f"All {count} tensors are finite; {changed} differ from the reference only by "
+            "rounding to the other dtype (equal bit for bit once rounded)."
         )
     return f"All {count} tensors are finite and identical to the reference's."
 

@@ -256,9 +256,10 @@ def test_uploaded_config_contradicting_the_checkpoints_is_refused(
 
 
 @pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A tiny Llama folder zipped, and an outputs document recorded from it."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+def tiny_t5(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny T5 folder zipped (no causal LM: the registry stores it but cannot load it), and an
+    outputs document recorded from a tiny Llama."""
+    from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
 
     from app.verify.reference_outputs import record_reference_outputs
 
@@ -273,23 +274,25 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     document = record_reference_outputs(folder, token_ids=[[1, 2, 3, 4]], max_new_tokens=3)
     reference = root / "ref.json"
     reference.write_text(json.dumps(document))
-    return zip_folder(folder, root / "llama.zip"), reference
+    t5 = T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
+    T5ForConditionalGeneration(t5).eval().save_pretrained(root / "t5")
+    return zip_folder(root / "t5", root / "t5.zip"), reference
 
 
-def test_llama_with_a_reference_document_is_inconclusive_not_verified(
-    server: LiveServer, client: httpx.Client, worker: WorkerProcess, tiny_llama: tuple[Path, Path]
+def test_an_unloadable_model_with_a_reference_document_is_inconclusive_not_verified(
+    server: LiveServer, client: httpx.Client, worker: WorkerProcess, tiny_t5: tuple[Path, Path]
 ) -> None:
-    archive, reference = tiny_llama
-    stored = upload_raw(client, archive, "tiny-llama").json()
-    assert stored["architecture"]["model_type"] == "llama"
+    archive, reference = tiny_t5
+    stored = upload_raw(client, archive, "tiny-t5").json()
+    assert stored["architecture"]["model_type"] == "t5"
     automatic = wait_for_report(client, stored["verification"]["id"])
     assert automatic["status"] == "inconclusive"
     assert "load applies to this checkpoint but could not run" in automatic["summary"]["line"]
-    result = ckpt(server.url, "verify", "tiny-llama", "--reference", str(reference), "--wait")
+    result = ckpt(server.url, "verify", "tiny-t5", "--reference", str(reference), "--wait")
     assert result.returncode == EXIT_INCONCLUSIVE, result.stdout + result.stderr
     assert "inconclusive" in result.stdout
     as_json = ckpt(
-        server.url, "verify", "tiny-llama", "--reference", str(reference), "--wait", "--json"
+        server.url, "verify", "tiny-t5", "--reference", str(reference), "--wait", "--json"
     )
     assert as_json.returncode == EXIT_INCONCLUSIVE
     report = json.loads(as_json.stdout)
@@ -300,7 +303,7 @@ def test_llama_with_a_reference_document_is_inconclusive_not_verified(
         for reason in report["summary"]["reasons"]
     )
     assert "verified" not in aliases(client, stored["id"])
-    asked = ckpt(server.url, "verify", "tiny-llama", "--checks", "load", "--wait", "--json")
+    asked = ckpt(server.url, "verify", "tiny-t5", "--checks", "load", "--wait", "--json")
     assert asked.returncode == EXIT_INCONCLUSIVE
     assert json.loads(asked.stdout)["summary"]["reasons"][0].startswith(
         "load was requested but could not run"
