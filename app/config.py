@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     max_input_chars: int = 256 << 10
     # app.generation.Exactness (not imported here: it would pull torch into every import)
     exact_batching: Literal["always", "seeded", "never"] = "seeded"
+    # Generation serves models in their stored dtype, or all parameters cast to this one.
+    serving_dtype: Literal["stored", "bfloat16", "float16", "float32"] = "stored"
     host: str = "127.0.0.1"
     port: int = 8000
     # Abuse limits: an upload body that stalls this long, or arrives slower than the minimum

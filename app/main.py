@@ -102,11 +102,16 @@ def _text_generation(settings: Settings, db: Database, store: BlobStorage) -> Te
     from app.worker.device import resolve_device
 
     device = resolve_device(settings.device)
-    catalog = GenerationCatalog(db, settings.default_model)
+    catalog = GenerationCatalog(db, settings.default_model, settings.serving_dtype)
     cache_dir = _checkpoint_folders(settings)
     cache_dir.mkdir(parents=True, exist_ok=True)
     loader = stored_checkpoint_loader(
-        catalog.describe, store, cache_dir, device, max_folders=settings.model_folder_cache_entries
+        catalog.describe,
+        store,
+        cache_dir,
+        device,
+        max_folders=settings.model_folder_cache_entries,
+        serving_dtype=settings.serving_dtype,
     )
     limits = GenerationLimits(
         max_queue=settings.max_queue,

@@ -119,6 +119,31 @@ def gpt2_124m_folder(dest: Path, seed: int = 0) -> Path:
     return dest
 
 
+# SmolLM-135M's shape (Llama): random weights, tied embeddings; about 540 MB of float32.
+LLAMA_135M: dict[str, Any] = {
+    "hidden_size": 576,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "intermediate_size": 1536,
+    "vocab_size": 49152,
+    "max_position_embeddings": 2048,
+    "tie_word_embeddings": True,
+}
+
+
+def llama_135m_folder(dest: Path, seed: int = 0) -> Path:
+    """save_pretrained() of a randomly initialised Llama-135M-shaped model."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if (dest / "model.safetensors").is_file():
+        return dest
+    torch.manual_seed(seed)
+    LlamaForCausalLM(LlamaConfig(**LLAMA_135M)).save_pretrained(dest)
+    return dest
+
+
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]

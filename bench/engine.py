@@ -1,7 +1,10 @@
-"""Engine throughput on a GPT-2 124M-shaped random model, against plain `model.generate`.
+"""Engine throughput on a random model, against plain `model.generate`.
 
-    .venv/bin/python -m bench.engine [--threads 2] [--repeat 3] \
-        [--modes invariant,batched]
+    .venv/bin/python -m bench.engine [--model gpt2|llama135m|tiny] [--threads 2] \
+        [--repeat 3] [--concurrent 8] [--modes invariant,batched]
+
+Models: GPT-2 124M's shape, Llama-135M's (SmolLM), or a tiny Llama (2 layers, hidden 64) that
+shows the per-step overhead.
 
 Reports (best of --repeat, runs interleaved so a noisy neighbour hurts both sides alike):
 batch-1 tokens/s of generate and of the engine, time to first token against one prefill
@@ -22,10 +25,10 @@ from typing import Any
 import torch
 
 from app.generation import GenerationEngine, GenerationParams, LoadedModel, ModelCache
+from bench.common import LLAMA_135M
 
 PROMPT_TOKENS = 16
 NEW_TOKENS = 128
-CONCURRENT = 8
 
 
 def build_tokenizer_50257() -> Any:
@@ -51,13 +54,30 @@ def build_tokenizer_50257() -> Any:
     return GPT2TokenizerFast(tokenizer_object=tokenizer, bos_token=eos, eos_token=eos)
 
 
-def build_model() -> Any:
-    from transformers import GPT2Config, GPT2LMHeadModel
+TINY_LLAMA: dict[str, Any] = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 128,
+    # GPT-2's vocabulary: the bench tokenizer's EOS (id 0), which the engine stops on when the
+    # model has none, is then as unlikely a pick as in the other models.
+    "vocab_size": 50257,
+}
+
+
+def build_model(name: str) -> Any:
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     # No EOS: every run generates exactly NEW_TOKENS, in generate and in the engine alike.
-    config = GPT2Config(eos_token_id=None, bos_token_id=None)
-    model: Any = GPT2LMHeadModel(config)
+    no_eos: dict[str, Any] = {"eos_token_id": None, "bos_token_id": None}
+    builders: dict[str, Callable[[], Any]] = {
+        "gpt2": lambda: GPT2LMHeadModel(GPT2Config(**no_eos)),
+        "llama135m": lambda: LlamaForCausalLM(LlamaConfig(**LLAMA_135M, **no_eos)),
+        "tiny": lambda: LlamaForCausalLM(LlamaConfig(**TINY_LLAMA, **no_eos)),
+    }
+    model: Any = builders[name]()
     model.eval()
     model.generation_config.eos_token_id = None
     return model
@@ -96,6 +116,7 @@ async def engine_single(engine: GenerationEngine, prompt: list[int]) -> tuple[fl
 
 
 async def engine_concurrent(engine: GenerationEngine, prompts: list[list[int]]) -> float:
+    """All the prompts at once."""
     params = GenerationParams(max_new_tokens=NEW_TOKENS)
     start = time.perf_counter()
     results = await asyncio.gather(*(engine.generate("bench", p, params) for p in prompts))
@@ -106,19 +127,22 @@ async def engine_concurrent(engine: GenerationEngine, prompts: list[list[int]]) 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--model", choices=["gpt2", "llama135m", "tiny"], default="gpt2")
+    parser.add_argument("--concurrent", type=int, default=8)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
         "--modes",
         default="invariant,batched",
-        help="invariant (bit-exact), invariant-1 (no column split), batched",
+        help="invariant (bit-exact), invariant-1 (exact rows on one thread), batched",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model, tokenizer = build_model(), build_tokenizer_50257()
+    model, tokenizer = build_model(args.model), build_tokenizer_50257()
     loaded = LoadedModel.of(model, tokenizer)
     rng = random.Random(1)
-    prompts = [[rng.randrange(50257) for _ in range(PROMPT_TOKENS)] for _ in range(CONCURRENT)]
+    vocab = int(model.config.vocab_size)
+    prompts = [[rng.randrange(vocab) for _ in range(PROMPT_TOKENS)] for _ in range(args.concurrent)]
     time_generate(model, prompts[0])  # warm-up
     print(
         f"torch threads {torch.get_num_threads()}, {NEW_TOKENS} new tokens, prompt {PROMPT_TOKENS}"
@@ -131,7 +155,7 @@ def main() -> None:
             cache,
             torch.device("cpu"),
             max_queue=64,
-            max_batch=CONCURRENT,
+            max_batch=args.concurrent,
             exactness="always" if mode.startswith("invariant") else "never",
             product_threads=1 if mode == "invariant-1" else None,
         )
@@ -155,7 +179,8 @@ def report(
     concurrent_s = [asyncio.run(engine_concurrent(engine, prompts)) for _ in range(repeat)]
     generate_tps = NEW_TOKENS / min(generate_s)
     single_tps = NEW_TOKENS / min(single_s)
-    concurrent_tps = CONCURRENT * NEW_TOKENS / min(concurrent_s)
+    concurrent = len(prompts)
+    concurrent_tps = concurrent * NEW_TOKENS / min(concurrent_s)
     print(f"[{mode}] generate batch-1:  {generate_tps:6.2f} tok/s  (runs {fmt(generate_s)})")
     print(
         f"[{mode}] engine batch-1:    {single_tps:6.2f} tok/s  = {single_tps / generate_tps:.2f}x"
@@ -166,7 +191,7 @@ def report(
         f" {statistics.median(first_token_s) * 1000:.1f} ms median"
     )
     print(
-        f"[{mode}] engine {CONCURRENT} concurrent: {concurrent_tps:6.2f} tok/s aggregate"
+        f"[{mode}] engine {concurrent} concurrent: {concurrent_tps:6.2f} tok/s aggregate"
         f" = {concurrent_tps / single_tps:.2f}x engine batch-1"
         f" = {concurrent_tps / generate_tps:.2f}x generate batch-1  (runs {fmt(concurrent_s)})"
     )

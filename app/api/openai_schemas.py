@@ -135,6 +135,8 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "checkpoint-registry"
+    dtype: str | None = None  # served (CKPT_SERVING_DTYPE, else the stored one)
+    stored_dtype: str | None = None
 
 
 class ModelList(BaseModel):

@@ -89,6 +89,7 @@ class TGIInfo(BaseModel):
     model_id: str
     model_sha: str | None
     model_dtype: str
+    stored_dtype: str | None = None  # model_dtype differs when CKPT_SERVING_DTYPE casts it
     model_device_type: str
     model_pipeline_tag: str | None = "text-generation"
     max_concurrent_requests: int

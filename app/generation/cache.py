@@ -77,10 +77,12 @@ def stored_checkpoint_loader(
     device: torch.device,
     *,
     max_folders: int = DEFAULT_MAX_ENTRIES,
+    serving_dtype: str = "stored",
 ) -> Loader:
     """A loader for stored checkpoints: `describe(id)` gives its record (raising
     NotFound for an unknown id); the files are linked from the blob store into `cache_dir`, and
-    they and their blobs stay pinned there until the model and tokenizer are in memory."""
+    they and their blobs stay pinned there until the model and tokenizer are in memory.
+    `serving_dtype` other than "stored": every floating parameter is cast to it."""
 
     def load(checkpoint_id: str) -> LoadedModel:
         view = describe(checkpoint_id)
@@ -94,9 +96,20 @@ def stored_checkpoint_loader(
                 raise ModelUnavailable(
                     f"checkpoint {view.ref} has no tokenizer to generate text with"
                 )
-            return LoadedModel.of(checkpoint.model(), tokenizer)
+            return LoadedModel.of(cast_parameters(checkpoint.model(), serving_dtype), tokenizer)
 
     return load
+
+
+def cast_parameters(model: Any, dtype: str) -> Any:
+    """The model with its floating parameters in `dtype` ("stored": as they are). Buffers keep
+    theirs, as `from_pretrained(dtype=...)` leaves them (rotary frequencies stay float32)."""
+    if dtype != "stored":
+        target = getattr(torch, dtype)
+        for parameter in model.parameters():
+            if parameter.is_floating_point():
+                parameter.data = parameter.data.to(target)
+    return model
 
 
 class ModelCache:

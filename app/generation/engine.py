@@ -40,7 +40,7 @@ from app.generation.params import (
     DEFAULT_MAX_TOP_N_TOKENS,
     GenerationParams,
 )
-from app.generation.runner import GPT2Runner
+from app.generation.runner import ModelRunner
 from app.generation.scheduler import Exactness, Scheduler
 from app.generation.sequence import Request
 
@@ -150,13 +150,13 @@ class GenerationStream(AsyncIterator[GenerationEvent]):
 
 class GenerationEngine:
     """`max_queue`: requests allowed to wait (beyond it: Overloaded, 429). `max_batch`: requests
-    decoding at once. `exactness`: when a decode step computes every sequence's dense products
-    row by row, so its tokens and logprobs are bit-identical to decoding it alone (and so to
+    decoding at once. `exactness`: when a decode step runs every sequence through its own
+    [1, 1] forward, so its tokens and logprobs are bit-identical to decoding it alone (and so to
     `model.generate`) whatever it is batched with: "always"; "seeded" (the default) while a
     request sampling with a seed of its own is in the batch; "never". Stacked rows are much
     faster under concurrency, but their floats may differ in the last bits, which can flip a
     near-tie. A sequence decoding alone is always exact. `product_threads`: threads sharing
-    the rows of the exact (one row at a time) products; by default torch's thread count on a
+    the rows of the exact (one forward per row) steps; by default torch's thread count on a
     CPU, at most 4, and 1 on a GPU.
     `torch_threads`: set torch's (process-wide) intra-op threads from the scheduler."""
 
@@ -286,8 +286,8 @@ class GenerationEngine:
         vocab_size = int(loaded.config.vocab_size)
         if any(not 0 <= token < vocab_size for token in input_ids):
             raise ValidationFailed(f"`inputs` token ids must be >= 0 and < {vocab_size}")
-        GPT2Runner.check_supported(loaded.model)
-        model_device = loaded.model.lm_head.weight.device
+        ModelRunner.check_supported(loaded.model)
+        model_device = loaded.model.device
         if model_device != self.device:
             raise ModelUnavailable(f"the model is on {model_device}, the engine on {self.device}")
         seed = params.seed

@@ -1,140 +1,169 @@
-"""The model arithmetic of continuous batching for GPT-2: prefill one sequence, decode many.
+"""The model arithmetic of continuous batching, for any transformers causal LM: prefill one
+sequence, decode many, always through the model's own forward.
 
-Why not one left-padded batch cache through the model's own forward: on CPU (MKL) a matrix
-product's row results depend on how many rows are multiplied together (an M=1 product takes a
-GEMV path, more rows a blocked GEMM with another summation order; measured on a 2-core AMD EPYC
-with MKL 2024.2: Conv1D's addmm rows differ from M=4 rows on, nn.Linear's from M=2), and
-attention over a padded, longer key axis sums in another order too. Either makes a batched
-sequence's logits differ in the last bits from `generate`'s, which runs every decode step with
-M=1 and an unpadded cache. So here:
+Why not one left-padded batch cache: on CPU (MKL) a matrix product's row results depend on how
+many rows are multiplied together (an M=1 product takes a GEMV path, more rows a blocked GEMM
+with another summation order), and attention over a padded, longer key axis sums in another
+order too. Either makes a batched sequence's logits differ in the last bits from `generate`'s,
+which runs every decode step with M=1 over an unpadded cache. So here every sequence keeps the
+very `DynamicCache` `generate` would build for it, and:
 
-* prefill is the model's own forward on the prompt alone, exactly as `generate` calls it;
-* decode runs all sequences through each layer together, but attention is computed per
-  sequence on its own unpadded key/value rows (a buffer per sequence, written in place and
-  grown by doubling; no padding, no masks, no cache rebuild when the batch changes);
-* the dense products (QKV, projections, MLP, LM head) are either batched (fast, last-bit
-  differences possible) or, when the step is `exact`, computed one row at a time so each
-  sequence's logits are bit-identical to `generate` whatever it is batched with. The per-row
-  products still share the weights while they are in cache, and the rows are shared among
-  threads (products.py), which is all the batching possible without changing the arithmetic.
-  A lone sequence always takes this exact path.
+* prefill is the model's own forward on the prompt alone, with `generate`'s arguments;
+* an `exact` decode step makes, for each sequence, the very M=1 products `generate` makes, so
+  its logits are bit-identical to decoding it alone: in the batched forward below with its
+  dense products computed row by row (lockstep.py), where a probe found that bit-identical for
+  the model, else with `generate`'s own [1, 1] forward per sequence (rows shared among threads,
+  rows.py);
+* any other step runs all sequences through one forward: the dense products are batched, and
+  attention is computed per sequence over its own unpadded keys and values (`RowsCache` hands
+  each layer's per-sequence views to the `ckpt_rows` attention function, which calls the
+  model's own attention function once per row, so softcapping, sliding windows and scaling
+  are the model's). Last-bit differences from `generate` are possible there.
 
-Element-wise ops and LayerNorm are row-independent and are always batched.
+A lone sequence always takes the exact path.
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
-from transformers import DynamicCache
+from transformers import AttentionInterface, DynamicCache
+from transformers.cache_utils import Cache, CacheLayerMixin
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.models.gpt2.modeling_gpt2 import eager_attention_forward
 
 from app.generation.errors import ModelUnavailable
-from app.generation.products import ExactProducts
+from app.generation.lockstep import RowByRowProducts, dense_modules
+from app.generation.rows import RowPool
+from app.runtime.loading import causal_lm_model_types
+
+ROWS_ATTENTION = "ckpt_rows"
+logger = logging.getLogger(__name__)
 
 
 class SequenceCache:
-    """One sequence's keys and values, [1, heads, capacity, head_dim] per layer, written in
-    place. The buffer grows by doubling up to `limit` (prompt + max new tokens), so a request
-    allowed the whole context but stopping early never holds a full-context cache."""
+    """One sequence's cache, the `DynamicCache` `generate` builds, and its length so far."""
 
-    def __init__(self, layers: int, heads: int, head_dim: int, limit: int, like: Any) -> None:
-        self.shape = (2 * layers, 1, heads, 0, head_dim)  # entry 2*layer: keys, 2*layer+1: values
-        self.limit = limit
-        self.buffer = torch.empty(self.shape, dtype=like.dtype, device=like.device)
+    def __init__(self, config: Any) -> None:
+        self.dynamic = DynamicCache(config=config)
         self.length = 0
 
-    def reserve(self, length: int) -> None:
-        capacity = self.buffer.shape[3]
-        if length <= capacity:
-            return
-        capacity = min(self.limit, max(length, 2 * capacity, 64))
-        grown = self.buffer.new_empty((*self.shape[:3], capacity, self.shape[4]))
-        grown[:, :, :, : self.length] = self.buffer[:, :, :, : self.length]
-        self.buffer = grown
 
-    def fill(self, cache: Any) -> None:
-        """Copy a prefill's DynamicCache in."""
-        length = cache.layers[0].keys.shape[-2]
-        self.reserve(length + 1)
-        for index, layer in enumerate(cache.layers):
-            self.buffer[2 * index, :, :, :length] = layer.keys
-            self.buffer[2 * index + 1, :, :, :length] = layer.values
-        self.length = length
+class _RowsLayer(CacheLayerMixin):  # type: ignore[no-untyped-call]
+    """One layer of a batched step: each row's key/value goes into its own sequence's cache;
+    the views the attention function reads are kept in `views`."""
 
-    def append(
-        self, layer: int, key: torch.Tensor, value: torch.Tensor
+    def __init__(self, index: int, rows: list[SequenceCache]) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.index = index
+        self.rows = rows
+        self.views: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        pass
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write this step's key/value at `length`; the views up to and including it.
-        (SDPA reads the strided views exactly as it reads `generate`'s concatenated cache.)"""
-        end = self.length + 1
-        keys = self.buffer[2 * layer, :, :, :end]
-        values = self.buffer[2 * layer + 1, :, :, :end]
-        keys[:, :, self.length] = key[:, :, 0]
-        values[:, :, self.length] = value[:, :, 0]
-        return keys, values
+        self.views = [
+            row.dynamic.update(key_states[i : i + 1], value_states[i : i + 1], self.index)
+            for i, row in enumerate(self.rows)
+        ]
+        return key_states, value_states
+
+    def get_seq_length(self) -> int:
+        return max(row.dynamic.get_seq_length(self.index) for row in self.rows)
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.get_seq_length() + query_length, 0
+
+    def get_max_length(self) -> int:
+        return -1
 
 
-class GPT2Runner:
-    """Forward passes of one GPT-2 model (GPT2LMHeadModel) for the scheduler thread."""
+class RowsCache(Cache):
+    """The sequences of one batched decode step, as one `Cache` for the model's forward."""
+
+    def __init__(self, rows: list[SequenceCache], layers: int, attention: Any) -> None:
+        super().__init__(layers=[_RowsLayer(index, rows) for index in range(layers)])
+        self.attention = attention  # the model's own attention function, called per row
+
+
+_active: ContextVar[RowsCache | None] = ContextVar("rows_cache", default=None)
+
+
+def rows_attention(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Each row's single query over its own sequence's keys: no padding, so no mask (the
+    sliding layers of DynamicCache already keep only the window)."""
+    rows = _active.get()
+    if rows is None:
+        raise RuntimeError(f"{ROWS_ATTENTION} attention is only for the engine's batched steps")
+    layer: _RowsLayer = rows.layers[module.layer_idx]
+    outputs = [
+        rows.attention(module, query[i : i + 1], keys, values, None, **kwargs)[0]
+        for i, (keys, values) in enumerate(layer.views)
+    ]
+    return torch.cat(outputs), None
+
+
+AttentionInterface.register(ROWS_ATTENTION, rows_attention)
+
+
+class ModelRunner:
+    """Forward passes of one causal LM for the scheduler thread."""
 
     @staticmethod
     def check_supported(model: Any) -> None:
         config = model.config
-        if getattr(config, "model_type", None) != "gpt2" or not hasattr(model, "lm_head"):
+        model_type = getattr(config, "model_type", None)
+        if model_type not in causal_lm_model_types() or config.is_encoder_decoder:
             raise ModelUnavailable(
-                f"text generation supports GPT-2 language models, not {config.model_type!r}"
+                f"text generation supports causal language models, not {model_type!r}"
             )
         if getattr(config, "add_cross_attention", False):
-            raise ModelUnavailable("GPT-2 with cross-attention is not a text generator")
+            raise ModelUnavailable(f"{model_type} with cross-attention is not a text generator")
 
-    def __init__(self, model: Any, *, products: ExactProducts) -> None:
+    def __init__(self, model: Any, *, rows: RowPool) -> None:
         self.check_supported(model)
-        config = model.config
         self.model = model
-        self.config = config
-        self.products = products
-        transformer = model.transformer
-        self.wte, self.wpe, self.ln_f = transformer.wte, transformer.wpe, transformer.ln_f
-        self.blocks = list(transformer.h)
-        self.lm_head = model.lm_head
-        self.heads = int(config.n_head)
-        self.head_dim = int(config.n_embd) // self.heads
-        self.embed_dim = int(config.n_embd)
-        self.device: torch.device = model.lm_head.weight.device
-        implementation = config._attn_implementation or "sdpa"
-        self.eager_reordered = implementation == "eager" and bool(config.reorder_and_upcast_attn)
-        self.attention = ALL_ATTENTION_FUNCTIONS.get_interface(
-            implementation, eager_attention_forward
-        )
+        self.config = model.config.get_text_config(decoder=True)
+        self.rows = rows
+        self.device: torch.device = model.device
+        self.layers = int(self.config.num_hidden_layers)
+        self.implementation = self.config._attn_implementation or "eager"
+        self.own_attention = self._own_attention()
+        dense = dense_modules(model)
+        self.row_by_row = None if dense is None else RowByRowProducts(dense, rows)
+        self._lockstep: bool | None = None  # probed on the first exact step of several rows
 
-    def new_cache(self, limit: int) -> SequenceCache:
-        return SequenceCache(
-            len(self.blocks), self.heads, self.head_dim, limit, self.lm_head.weight
-        )
+    def new_cache(self) -> SequenceCache:
+        return SequenceCache(self.config)
 
     @torch.inference_mode()
     def prefill(
         self, prompt: list[int], cache: SequenceCache, *, all_logits: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The prompt through the model's own forward, as `generate`'s first step (position
-        ids, no attention mask, LM head on the last position only). Returns the last position's
-        float32 logits [1, vocab] and, when asked, every position's [seq, vocab]."""
+        """The prompt through the model's own forward, as `generate`'s first step. Returns the
+        last position's float32 logits [1, vocab] and, when asked, every position's [seq, vocab]
+        (from a second forward: `generate`'s keeps only the last position's logits, and the
+        full LM head, M=seq rows, would give the last row other bits)."""
         ids = torch.tensor([prompt], dtype=torch.long, device=self.device)
-        dynamic = DynamicCache(config=self.config)
-        hidden = self.model.transformer(
-            input_ids=ids,
-            cache=dynamic,
-            position_ids=torch.arange(len(prompt), device=self.device).unsqueeze(0),
-            use_cache=True,
-        ).last_hidden_state
-        # GPT2LMHeadModel with logits_to_keep=1 slices like this before its LM head; the full
-        # LM head (M=seq rows) would give the last row other bits.
-        last = self.lm_head(hidden[:, -1:, :])[:, -1].to(copy=True, dtype=torch.float32)
-        cache.fill(dynamic)
-        every = self.lm_head(hidden)[0].float() if all_logits else None
+        last = self._forward(ids, cache.dynamic, self._positions([0], len(prompt)))
+        cache.length = len(prompt)
+        every = self.model(input_ids=ids, use_cache=False).logits[0].float() if all_logits else None
         return last, every
 
     @torch.inference_mode()
@@ -142,79 +171,107 @@ class GPT2Runner:
         self, caches: list[SequenceCache], tokens: list[int], *, exact: bool
     ) -> torch.Tensor:
         """One step for every sequence: feed its last token, return float32 logits [n, vocab].
-        `exact`: each row's products computed alone (bit-identical to decoding it alone)."""
-        rows = len(caches)
-        ids = torch.tensor(tokens, dtype=torch.long, device=self.device).view(rows, 1)
-        for cache in caches:
-            cache.reserve(cache.length + 1)
-        positions = torch.tensor(
-            [cache.length for cache in caches], dtype=torch.long, device=self.device
-        ).view(rows, 1)
-        hidden = self.wte(ids) + self.wpe(positions)
-        for layer, block in enumerate(self.blocks):
-            hidden = self._block(layer, block, hidden, caches, exact)
+        `exact`: bit-identical to decoding each row alone, in one forward with row-by-row
+        products where the probe allowed it (lockstep.py), else one forward per row."""
+        if len(caches) == 1 or (exact and not self.lockstep_is_exact()):
+            return self.rows.shared(
+                len(caches), lambda start, end: self._alone(caches[start:end], tokens[start:end])
+            )
+        if exact:
+            assert self.row_by_row is not None
+            with self.row_by_row.active():
+                return self._together(caches, tokens)
+        return self._together(caches, tokens)
+
+    def lockstep_is_exact(self) -> bool:
+        if self._lockstep is None:
+            try:
+                self._lockstep = self.row_by_row is not None and self._probe_lockstep()
+            except Exception:  # e.g. a context too short for the probe: the plain exact path
+                logger.warning("lockstep probe failed", exc_info=True)
+                self._lockstep = False
+        return self._lockstep
+
+    def _probe_lockstep(self) -> bool:
+        """Three random sequences, two steps each way: lockstep only if every bit matched. One
+        reaches past the sliding window, where `generate`'s SDPA gets a mask (and other bits)."""
+        generator = torch.Generator().manual_seed(0)
+        vocab = int(self.config.vocab_size)
+        longest = (getattr(self.config, "sliding_window", None) or 6) + 2
+        prompts = [
+            torch.randint(vocab, (n,), generator=generator).tolist() for n in (3, 5, longest)
+        ]
+        outcomes = []
+        for lockstep in (False, True):
+            self._lockstep = lockstep
+            caches = [self.new_cache() for _ in prompts]
+            for prompt, cache in zip(prompts, caches, strict=True):
+                self.prefill(prompt, cache, all_logits=False)
+            tokens = [prompt[0] for prompt in prompts]
+            outcomes.append(torch.cat([self.decode(caches, tokens, exact=True) for _ in "ab"]))
+        return torch.equal(*outcomes)
+
+    def _alone(self, caches: list[SequenceCache], tokens: list[int]) -> torch.Tensor:
+        logits = []
+        for cache, token in zip(caches, tokens, strict=True):
+            ids = torch.tensor([[token]], dtype=torch.long, device=self.device)
+            logits.append(self._forward(ids, cache.dynamic, self._positions([cache.length], 1)))
+            cache.length += 1
+        return torch.cat(logits)
+
+    def _together(self, caches: list[SequenceCache], tokens: list[int]) -> torch.Tensor:
+        ids = torch.tensor(tokens, dtype=torch.long, device=self.device).view(-1, 1)
+        positions = self._positions([cache.length for cache in caches], 1)
+        batch = RowsCache(caches, self.layers, self.own_attention)
+        with self._attention(ROWS_ATTENTION), _rows_active(batch):
+            logits = self._forward(ids, batch, positions)
         for cache in caches:
             cache.length += 1
-        return self._logits(self.ln_f(hidden), exact)
+        return logits
 
-    def _logits(self, hidden: torch.Tensor, exact: bool) -> torch.Tensor:
-        """LM head over [rows, 1, embed] → float32 [rows, vocab]."""
-        rows = hidden.shape[0]
-        if exact or rows == 1 or self.lm_head.bias is not None:
-            logits: torch.Tensor = self._dense(self.lm_head, hidden, exact)[:, -1]
-            return logits.to(copy=True, dtype=torch.float32)
-        # Batched: MKL multiplies W·Xᵀ (vocab rows × batch columns) about 1.4× faster than the
-        # X·Wᵀ of nn.Linear on this kind of CPU, and the LM head is a third of a step.
-        transposed = torch.mm(self.lm_head.weight, hidden.view(rows, -1).t())
-        return transposed.t().contiguous().to(torch.float32)
+    def _forward(self, ids: torch.Tensor, cache: Cache, positions: torch.Tensor) -> torch.Tensor:
+        """`generate`'s call: its arguments, its float32 copy of the last position's logits."""
+        out = self.model(
+            input_ids=ids,
+            cache=cache,
+            position_ids=positions,
+            logits_to_keep=1,
+            use_cache=True,
+            return_dict=True,
+        )
+        logits: torch.Tensor = out.logits[:, -1, :].to(copy=True, dtype=torch.float32)
+        return logits
 
-    def _block(
-        self,
-        layer: int,
-        block: Any,
-        hidden: torch.Tensor,
-        caches: list[SequenceCache],
-        exact: bool,
-    ) -> torch.Tensor:
-        """GPT2Block.forward with per-sequence attention (same operations, same order)."""
-        attn = block.attn
-        qkv = self._dense(attn.c_attn, block.ln_1(hidden), exact)
-        query, key, value = torch.split(qkv, self.embed_dim, dim=2)
-        shape = (hidden.shape[0], 1, self.heads, self.head_dim)
-        query = query.view(shape).transpose(1, 2)
-        key = key.view(shape).transpose(1, 2)
-        value = value.view(shape).transpose(1, 2)
-        outputs = []
-        for row, cache in enumerate(caches):
-            keys, values = cache.append(layer, key[row : row + 1], value[row : row + 1])
-            outputs.append(self._attend(attn, query[row : row + 1], keys, values))
-        # (Sharing these rows among threads too was measured: no faster, so it stays simple.)
-        attended = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
-        attended = attended.reshape(*attended.shape[:-2], -1).contiguous()
-        hidden = self._dense(attn.c_proj, attended, exact) + hidden
-        mlp = block.mlp
-        expanded = mlp.act(self._dense(mlp.c_fc, block.ln_2(hidden), exact))
-        feed_forward = self._dense(mlp.c_proj, expanded, exact)
-        return hidden + feed_forward
+    def _positions(self, starts: list[int], length: int) -> torch.Tensor:
+        start = torch.tensor(starts, dtype=torch.long, device=self.device).view(-1, 1)
+        return start + torch.arange(length, device=self.device)
 
-    def _attend(
-        self, attn: Any, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
-    ) -> torch.Tensor:
-        # A single query over an unpadded cache: `generate` passes no mask either (it drops an
-        # all-ones mask), so SDPA runs the very same kernel on the very same numbers.
-        if self.eager_reordered:
-            output, _ = attn._upcast_and_reordered_attn(query, keys, values, None)
-        else:
-            output, _ = self.attention(
-                attn, query, keys, values, None, dropout=0.0, scaling=attn.scaling
-            )
-        result: torch.Tensor = output
-        return result
+    def _own_attention(self) -> Any:
+        """The attention function the model's layers call; for "eager" that is each modeling
+        file's own `eager_attention_forward` (gemma2's applies its softcapping)."""
+        eager = getattr(inspect.getmodule(type(self.model)), "eager_attention_forward", None)
+        if eager is None:
+            if self.implementation == "eager":
+                raise ModelUnavailable(
+                    f"{self.config.model_type} has no eager attention function to batch with"
+                )
+            eager = sdpa_attention_forward  # never used: the implementation is registered
+        return ALL_ATTENTION_FUNCTIONS.get_interface(self.implementation, eager)
 
-    def _dense(self, module: Any, hidden: torch.Tensor, exact: bool) -> torch.Tensor:
-        """hidden [rows, 1, in] → [rows, 1, out]: row by row when exact or a single row,
-        otherwise stacked."""
-        if exact or hidden.shape[0] == 1:
-            return self.products(module, hidden)
-        out: torch.Tensor = module(hidden)
-        return out
+    @contextmanager
+    def _attention(self, implementation: str) -> Iterator[None]:
+        # Only the scheduler thread runs this model while a batched step is in flight.
+        self.config._attn_implementation = implementation
+        try:
+            yield
+        finally:
+            self.config._attn_implementation = self.implementation
+
+
+@contextmanager
+def _rows_active(batch: RowsCache) -> Iterator[None]:
+    token = _active.set(batch)
+    try:
+        yield
+    finally:
+        _active.reset(token)

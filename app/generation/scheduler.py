@@ -22,12 +22,12 @@ import torch
 from app.errors import AppError
 from app.generation.cache import LoadedModel
 from app.generation.errors import GenerationFailed
-from app.generation.products import ExactProducts, HelperThread, pin_torch_threads
+from app.generation.rows import HelperThread, RowPool, pin_torch_threads
 from app.generation.sequence import ModelState, Request, Sequence, new_model_state
 
 logger = logging.getLogger(__name__)
 
-# When a decode step computes each row's products alone (bit-identical to decoding it alone):
+# When a decode step runs each row's forward alone (bit-identical to decoding it alone):
 # always; only while a request that chose its sampling seed is in the batch; never.
 Exactness = Literal["always", "seeded", "never"]
 
@@ -36,13 +36,13 @@ Exactness = Literal["always", "seeded", "never"]
 class SchedulerCounters:
     decode_steps: int = 0  # batched forward passes
     decoded_rows: int = 0  # sequence-steps inside them (a step of 3 sequences counts 3)
-    exact_steps: int = 0  # steps of more than one row whose products were computed row by row
+    exact_steps: int = 0  # steps of more than one row run as one forward per row
     prefills: int = 0
     generated_tokens: int = 0
 
 
 class Scheduler:
-    """Owns the scheduler thread (and the helper threads of the exact products)."""
+    """Owns the scheduler thread (and the helper threads of the exact steps)."""
 
     def __init__(
         self,
@@ -58,7 +58,7 @@ class Scheduler:
         self._helpers = [
             HelperThread(f"generation-helper-{i}") for i in range(1, max(1, product_threads))
         ]
-        self._products = ExactProducts(self._helpers)
+        self._rows = RowPool(self._helpers)
         self.counters = SchedulerCounters()
         self._cond = threading.Condition()
         self._waiting: deque[Request] = deque()
@@ -131,9 +131,7 @@ class Scheduler:
         request.admitted = time.perf_counter()
         try:
             state = self._state(request.loaded)
-            sequence = Sequence(
-                request, state, state.runner.new_cache(len(request.prompt) + request.budget)
-            )
+            sequence = Sequence(request, state, state.runner.new_cache())
             last, every = state.runner.prefill(
                 request.prompt, sequence.cache, all_logits=request.params.decoder_input_details
             )
@@ -199,7 +197,7 @@ class Scheduler:
     def _state(self, loaded: LoadedModel) -> ModelState:
         state = self._states.get(loaded)
         if state is None:
-            state = new_model_state(loaded, products=self._products)
+            state = new_model_state(loaded, rows=self._rows)
             self._states[loaded] = state
         return state
 

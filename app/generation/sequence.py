@@ -23,8 +23,8 @@ from app.generation.events import (
     TopToken,
 )
 from app.generation.params import GenerationParams
-from app.generation.products import ExactProducts
-from app.generation.runner import GPT2Runner, SequenceCache
+from app.generation.rows import RowPool
+from app.generation.runner import ModelRunner, SequenceCache
 from app.generation.sampling import Choice, TokenChooser
 
 
@@ -67,7 +67,7 @@ class ModelState:
     """Per loaded model, scheduler-side: its runner and a private tokenizer copy (a fast
     tokenizer must not be used by two threads at once; the HTTP side keeps the original)."""
 
-    runner: GPT2Runner
+    runner: ModelRunner
     tokenizer: Any
     special_ids: frozenset[int]
     eos_ids: frozenset[int]
@@ -105,7 +105,7 @@ class Sequence:
         self.stop = StopMatcher(tuple(request.params.stop))
         # Prompt + generated ids, for the repetition penalty; a view grows over one buffer.
         self.history = torch.empty(
-            (1, len(request.prompt) + request.budget), dtype=torch.long, device=cache.buffer.device
+            (1, len(request.prompt) + request.budget), dtype=torch.long, device=state.runner.device
         )
         self.history[0, : len(request.prompt)] = torch.tensor(request.prompt)
         self.generated: list[int] = []
@@ -195,10 +195,10 @@ class Sequence:
         )
 
 
-def new_model_state(loaded: LoadedModel, *, products: ExactProducts) -> ModelState:
+def new_model_state(loaded: LoadedModel, *, rows: RowPool) -> ModelState:
     tokenizer = copy.deepcopy(loaded.tokenizer)
     return ModelState(
-        runner=GPT2Runner(loaded.model, products=products),
+        runner=ModelRunner(loaded.model, rows=rows),
         tokenizer=tokenizer,
         special_ids=frozenset(int(i) for i in tokenizer.all_special_ids),
         eos_ids=eos_token_ids(loaded),

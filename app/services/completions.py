@@ -44,7 +44,15 @@ class Completions:
     def models(self) -> ModelList:
         servable = self.generation.catalog.servable()
         return ModelList(
-            data=[ModelCard(id=m.ref, created=int(m.created_at.timestamp())) for m in servable]
+            data=[
+                ModelCard(
+                    id=m.ref,
+                    created=int(m.created_at.timestamp()),
+                    dtype=m.dtype,
+                    stored_dtype=m.stored_dtype,
+                )
+                for m in servable
+            ]
         )
 
     async def create(self, request: CompletionRequest) -> Completion:

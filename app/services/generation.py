@@ -13,8 +13,7 @@ from app.db.models import Checkpoint
 from app.db.repositories import CheckpointRepository
 from app.errors import Conflict, NotFound
 from app.records import CheckpointRecord
-
-GENERATIVE_MODEL_TYPES = {"gpt2"}
+from app.runtime.loading import causal_lm_model_types
 
 
 @dataclass(frozen=True)
@@ -27,30 +26,34 @@ class Servable:
     sha256: str
     created_at: datetime
     max_positions: int
-    dtype: str
+    dtype: str  # served: the stored dtype, or CKPT_SERVING_DTYPE
+    stored_dtype: str
 
 
 class GenerationCatalog:
-    def __init__(self, db: Database, default_model: str | None) -> None:
+    def __init__(
+        self, db: Database, default_model: str | None, serving_dtype: str = "stored"
+    ) -> None:
         self.db = db
         self.default_model = default_model
+        self.serving_dtype = serving_dtype
 
     def resolve(self, ref: str | None) -> Servable:
         """The checkpoint `ref` names, or the default model when `ref` is None."""
         with self.db.reading() as session:
             repo = CheckpointRepository(session)
             if ref is not None:
-                return _servable(repo.require(ref))
+                return self._servable(repo.require(ref))
             if self.default_model:
-                return _servable(repo.require(self.default_model))
+                return self._servable(repo.require(self.default_model))
             row = _newest_servable(session)
             if row is None:
                 raise NotFound(
-                    "no checkpoint can serve generation yet: upload a ready GPT-2 checkpoint "
+                    "no checkpoint can serve generation yet: upload a causal language model "
                     "with a tokenizer, or set CKPT_DEFAULT_MODEL",
                     code="no_default_model",
                 )
-            return _servable(row)
+            return self._servable(row)
 
     def describe(self, checkpoint_id: str) -> CheckpointRecord:
         """What the model cache needs to load a checkpoint from the blob store."""
@@ -59,12 +62,15 @@ class GenerationCatalog:
             row = repo.require(checkpoint_id)
             return CheckpointRecord.of(row, repo.tensors(row.id))
 
+    def _servable(self, row: Checkpoint) -> Servable:
+        return _servable(row, self.serving_dtype)
+
     def servable(self) -> list[Servable]:
         with self.db.reading() as session:
             rows = session.scalars(
                 select(Checkpoint).order_by(Checkpoint.created_at.desc(), Checkpoint.id)
             ).all()
-            return [_servable(row) for row in rows if _problem(row) is None]
+            return [self._servable(row) for row in rows if _problem(row) is None]
 
 
 def _newest_servable(session: Session) -> Checkpoint | None:
@@ -74,7 +80,7 @@ def _newest_servable(session: Session) -> Checkpoint | None:
 
 def _problem(row: Checkpoint) -> str | None:
     model_type = (row.architecture or {}).get("model_type")
-    if model_type not in GENERATIVE_MODEL_TYPES:
+    if model_type not in causal_lm_model_types():
         return f"checkpoint {row.name}@{row.version} cannot generate text: " + (
             "its architecture is unknown"
             if model_type is None
@@ -85,17 +91,21 @@ def _problem(row: Checkpoint) -> str | None:
     return None
 
 
-def _servable(row: Checkpoint) -> Servable:
+def _servable(row: Checkpoint, serving_dtype: str) -> Servable:
     problem = _problem(row)
     if problem:
         raise Conflict(problem, code="not_servable")
     architecture = row.architecture or {}
+    stored = next(iter(row.parameters_by_dtype), "float32")
     return Servable(
         id=row.id,
         ref=f"{row.name}@{row.version}",
         name=row.name,
         sha256=row.weights_digest,
         created_at=row.created_at,
-        max_positions=int(architecture.get("n_positions") or 1024),
-        dtype=next(iter(row.parameters_by_dtype), "float32"),
+        max_positions=int(
+            architecture.get("context_length") or architecture.get("n_positions") or 1024
+        ),
+        dtype=stored if serving_dtype == "stored" else serving_dtype,
+        stored_dtype=stored,
     )

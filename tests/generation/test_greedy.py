@@ -12,7 +12,7 @@ from app.generation import (
     GenerationResult,
     LoadedModel,
     TokenEvent,
-    products,
+    lockstep,
 )
 from tests.generation.conftest import CPU, single_model_cache
 from tests.generation.reference import Reference, assert_same, greedy_reference
@@ -73,7 +73,8 @@ def test_batched_with_a_sliced_lm_head(
 ) -> None:
     """Slices small enough that even the tiny LM head is cut (the way GPT-2's 154 MB one is):
     still bit-exact, because slicing is only used when it is."""
-    monkeypatch.setattr(products, "SLICE_BYTES", 16 << 10)
+    assert lockstep.exact_slices(loaded.model.lm_head) is None  # unpatched: too small to cut
+    monkeypatch.setattr(lockstep, "SLICE_BYTES", 16 << 10)
     engine = GenerationEngine(
         single_model_cache(loaded), CPU, exactness="always", product_threads=2
     )
@@ -83,7 +84,7 @@ def test_batched_with_a_sliced_lm_head(
         engine.close()
     for result, reference in zip(results, references(loaded), strict=True):
         assert_same(result, reference)
-    assert products.exact_slices(loaded.model.lm_head) is not None
+    assert lockstep.exact_slices(loaded.model.lm_head) is not None
 
 
 def test_batched_fast_mode_is_exact_alone(loaded: LoadedModel) -> None:

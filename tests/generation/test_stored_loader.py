@@ -39,7 +39,7 @@ def test_generates_from_a_stored_checkpoint(tiny_folder: TinyFolder, tmp_path: P
     ("overrides", "message"),
     [
         ({"architecture": None}, "unknown architecture"),
-        ({"architecture": {"model_type": "llama"}}, "'llama' is not supported"),
+        ({"architecture": {"model_type": "vit"}}, "'vit' is not supported"),
         ({"tokenizer": {"present": False}}, "has no tokenizer"),
     ],
 )
