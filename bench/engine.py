@@ -134,7 +134,8 @@ def main() -> None:
     parser.add_argument(
         "--modes",
         default="invariant,batched",
-        help="invariant (bit-exact), invariant-1 (exact rows on one thread), batched",
+        help="invariant (bit-exact), invariant-1 (exact rows on one thread), batched, "
+        "transformers-cb (transformers' own continuous batching, generate_batch, for comparison)",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -150,6 +151,9 @@ def main() -> None:
     prefill, _ = best_of(5, lambda: time_prefill(model, prompts[0]))
     print(f"one prefill forward: {prefill * 1000:.1f} ms")
     for mode in args.modes.split(","):
+        if mode == "transformers-cb":
+            report_transformers_cb(model, prompts, args.repeat)
+            continue
         cache = ModelCache(lambda _: loaded, budget_bytes=1 << 40)
         engine = GenerationEngine(
             cache,
@@ -194,6 +198,41 @@ def report(
         f"[{mode}] engine {concurrent} concurrent: {concurrent_tps:6.2f} tok/s aggregate"
         f" = {concurrent_tps / single_tps:.2f}x engine batch-1"
         f" = {concurrent_tps / generate_tps:.2f}x generate batch-1  (runs {fmt(concurrent_s)})"
+    )
+
+
+def report_transformers_cb(model: Any, prompts: list[list[int]], repeat: int) -> None:
+    """transformers' continuous batching (paged attention, `generate_batch`) on the same prompts:
+    aggregate tokens/s (the first call, which sets up the paged cache, timed apart) and how many
+    of its sequences equal `generate` batch 1's tokens."""
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(
+        max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=None, pad_token_id=0
+    )
+    samples, outputs = [], {}
+    for _ in range(repeat + 1):
+        start = time.perf_counter()
+        with torch.inference_mode():
+            outputs = model.generate_batch(
+                prompts, generation_config=config, persistent_manager=True
+            )
+        samples.append(time.perf_counter() - start)
+    model.destroy_cached_continuous_batching_manager()
+    tokens = len(prompts) * NEW_TOKENS
+    generated = [list(out.generated_tokens) for out in outputs.values()]
+    with torch.inference_mode():
+        expected = [
+            model.generate(
+                torch.tensor([p]), do_sample=False, max_new_tokens=NEW_TOKENS, pad_token_id=0
+            )[0, len(p) :].tolist()
+            for p in prompts
+        ]
+    same = sum(sorted(map(tuple, generated)).count(tuple(e)) > 0 for e in expected)
+    print(
+        f"[transformers-cb] {len(prompts)} prompts: first call (paged cache set up) "
+        f"{samples[0]:.1f} s; then {tokens / min(samples[1:]):6.2f} tok/s aggregate "
+        f"(runs {fmt(samples[1:])}); sequences equal to generate batch-1: {same}/{len(prompts)}"
     )
 
 

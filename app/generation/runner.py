@@ -28,7 +28,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from typing import Any
 
@@ -42,6 +42,7 @@ from app.generation.errors import ModelUnavailable
 from app.generation.lockstep import RowByRowProducts, dense_modules
 from app.generation.rows import RowPool
 from app.runtime.loading import causal_lm_model_types
+from app.runtime.precision import autocast_dtype, autocast_to
 
 ROWS_ATTENTION = "ckpt_rows"
 logger = logging.getLogger(__name__)
@@ -142,12 +143,17 @@ class ModelRunner:
         self.config = model.config.get_text_config(decoder=True)
         self.rows = rows
         self.device: torch.device = model.device
+        self.autocast = autocast_dtype(model)
         self.layers = int(self.config.num_hidden_layers)
         self.implementation = self.config._attn_implementation or "eager"
         self.own_attention = self._own_attention()
         dense = dense_modules(model)
         self.row_by_row = None if dense is None else RowByRowProducts(dense, rows)
         self._lockstep: bool | None = None  # probed on the first exact step of several rows
+
+    def precision(self) -> AbstractContextManager[Any]:
+        """Autocast for a mixed-dtype model (what `generate` needs to run on it too)."""
+        return autocast_to(self.autocast, self.device)
 
     def new_cache(self) -> SequenceCache:
         return SequenceCache(self.config)
@@ -163,7 +169,10 @@ class ModelRunner:
         ids = torch.tensor([prompt], dtype=torch.long, device=self.device)
         last = self._forward(ids, cache.dynamic, self._positions([0], len(prompt)))
         cache.length = len(prompt)
-        every = self.model(input_ids=ids, use_cache=False).logits[0].float() if all_logits else None
+        every = None
+        if all_logits:
+            with self.precision():
+                every = self.model(input_ids=ids, use_cache=False).logits[0].float()
         return last, every
 
     @torch.inference_mode()
@@ -231,14 +240,15 @@ class ModelRunner:
 
     def _forward(self, ids: torch.Tensor, cache: Cache, positions: torch.Tensor) -> torch.Tensor:
         """`generate`'s call: its arguments, its float32 copy of the last position's logits."""
-        out = self.model(
-            input_ids=ids,
-            cache=cache,
-            position_ids=positions,
-            logits_to_keep=1,
-            use_cache=True,
-            return_dict=True,
-        )
+        with self.precision():
+            out = self.model(
+                input_ids=ids,
+                cache=cache,
+                position_ids=positions,
+                logits_to_keep=1,
+                use_cache=True,
+                return_dict=True,
+            )
         logits: torch.Tensor = out.logits[:, -1, :].to(copy=True, dtype=torch.float32)
         return logits
 

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import torch
 
+from app.runtime.precision import compute_context
 from app.verify.base import CheckContext, LoadedCheckpoint
 
 T = TypeVar("T")
-_NARROW_FIRST = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def cached(ctx: CheckContext, key: str, compute: Callable[[], T]) -> T:
@@ -19,18 +18,6 @@ def cached(ctx: CheckContext, key: str, compute: Callable[[], T]) -> T:
         ctx.cache[key] = compute()
     value: T = ctx.cache[key]
     return value
-
-
-def compute_context(model: Any) -> contextlib.AbstractContextManager[Any]:
-    """Where a model with parameters of several float dtypes (a mixed checkpoint: bfloat16
-    matrices, float32 norms) can run: autocast to the least precise of them, as training with
-    mixed precision ran it. Other models run as they are."""
-    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
-    if len(dtypes) < 2:
-        return contextlib.nullcontext()
-    narrowest = next(dtype for dtype in _NARROW_FIRST if dtype in dtypes)
-    device = next(model.parameters()).device.type
-    return torch.autocast(device_type=device, dtype=narrowest)
 
 
 @torch.inference_mode()

@@ -38,8 +38,8 @@ from app.ingest.optimizer_state import (
     trainable_parameters,
 )
 from app.ingest.torch_pickle import OPTIMIZER_FILE, TRAINING_FILE
+from app.runtime.precision import compute_context
 from app.verify.base import CheckContext, CheckResult, not_applicable, verdict
-from app.verify.forward import compute_context
 from app.verify.reference_outputs import default_token_ids
 
 NAME = "resumability"

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from app.generation import GenerationResult
+from app.runtime.precision import compute_context
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,7 @@ class Reference:
 def generate_reference(model: Any, prompt: list[int], **kwargs: Any) -> Reference:
     """`model.generate` with greedy or sampling kwargs; with sampling, seed first
     (`torch.manual_seed(seed)`), the engine's per-request generator draws the same numbers."""
-    with torch.inference_mode():
+    with torch.inference_mode(), compute_context(model):  # autocast for a mixed model
         out = model.generate(
             torch.tensor([prompt]),
             pad_token_id=0,

@@ -1,5 +1,6 @@
-"""A few families over a real server with real clients: greedy text over TGI `/generate` and
-the `openai` client equals `model.generate`'s; seeded sampling is identical alone and batched."""
+"""Every family over a real server with real clients: greedy text over TGI `/generate` and the
+`openai` client equals `model.generate`'s; seeded sampling is identical alone and batched; half
+precision and mixed checkpoints are served in their stored dtypes."""
 
 from __future__ import annotations
 
@@ -10,18 +11,24 @@ from typing import Any
 
 import httpx
 import pytest
+import torch
 from openai import OpenAI
 
 from app.generation import LoadedModel, load_model_folder
 from tests.api.test_upload import upload_raw
-from tests.families import build_family
+from tests.families import FAMILIES, build_family, build_family_model
 from tests.generation.conftest import CPU
 from tests.generation.reference import Reference, generate_reference
 from tests.live_server import LiveServer
 from tests.models import zip_folder
 
 PROMPT = "the quick brown fox"
-VARIANTS = ["llama-float32", "gemma2-float32", "mistral-float32", "opt-float32", "qwen2-bfloat16"]
+VARIANTS = [
+    *(f"{family}-float32" for family in FAMILIES),
+    "qwen2-bfloat16",
+    "phi3-float16",
+    "llama-mixed",
+]
 SEEDED = {"do_sample": True, "seed": 1234, "max_new_tokens": 16, "temperature": 1.2}
 
 
@@ -51,7 +58,10 @@ class Uploads:
                 self.client, zip_folder(folder, self.root / f"{variant}.zip"), variant
             )
             assert response.status_code == 201, response.text
-            self._done[variant] = Uploaded(variant, response.json(), load_model_folder(folder, CPU))
+            loaded = load_model_folder(folder, CPU)
+            if dtype == "mixed":  # what was saved, each tensor in its own dtype
+                loaded = LoadedModel.of(build_family_model(family, dtype=dtype), loaded.tokenizer)
+            self._done[variant] = Uploaded(variant, response.json(), loaded)
         return self._done[variant]
 
 
@@ -125,3 +135,15 @@ def test_the_stored_dtype_is_served(
     client.post(f"/models/{model.ref}/generate", json={"inputs": PROMPT})
     served = server.app.state.generation.engine.cache.peek(model.checkpoint["id"])
     assert {str(p.dtype) for p in served.model.parameters()} == {"torch.bfloat16"}
+
+
+def test_a_mixed_checkpoint_keeps_each_tensors_dtype_when_served(
+    server: LiveServer, client: httpx.Client, uploads: Uploads
+) -> None:
+    model = uploads.get("llama-mixed")
+    assert client.post(f"/models/{model.ref}/generate", json={"inputs": PROMPT}).status_code == 200
+    served = server.app.state.generation.engine.cache.peek(model.checkpoint["id"])
+    dtypes = {name: p.dtype for name, p in served.model.named_parameters()}
+    expected = {name: p.dtype for name, p in model.loaded.model.named_parameters()}
+    assert dtypes == expected
+    assert set(dtypes.values()) == {torch.bfloat16, torch.float32}
