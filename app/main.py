@@ -102,11 +102,12 @@ def _text_generation(settings: Settings, db: Database, store: BlobStorage) -> Te
     from app.worker.device import resolve_device
 
     device = resolve_device(settings.device)
-    catalog = GenerationCatalog(db, settings.default_model, settings.serving_dtype)
+    verifications = VerificationService(db, settings.job_max_attempts)
+    catalog = GenerationCatalog(db, settings.default_model, settings.serving_dtype, verifications)
     cache_dir = _checkpoint_folders(settings)
     cache_dir.mkdir(parents=True, exist_ok=True)
     loader = stored_checkpoint_loader(
-        catalog.describe,
+        catalog.loading,
         store,
         cache_dir,
         device,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -137,6 +137,7 @@ class ModelCard(BaseModel):
     owned_by: str = "checkpoint-registry"
     dtype: str | None = None  # served (CKPT_SERVING_DTYPE, else the stored one)
     stored_dtype: str | None = None
+    serving_drift: dict[str, Any] | None = None  # None when served as stored
 
 
 class ModelList(BaseModel):

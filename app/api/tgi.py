@@ -69,6 +69,7 @@ def info(ref: RefDep, generation: GenerationDep) -> TGIInfo:
         model_sha=model.sha256,
         model_dtype=model.dtype,
         stored_dtype=model.stored_dtype,
+        serving_drift=model.serving_drift,
         model_device_type=generation.device_type,
         max_concurrent_requests=limits.max_queue,
         max_stop_sequences=limits.max_stop_sequences,

@@ -90,6 +90,7 @@ class TGIInfo(BaseModel):
     model_sha: str | None
     model_dtype: str
     stored_dtype: str | None = None  # model_dtype differs when CKPT_SERVING_DTYPE casts it
+    serving_drift: dict[str, Any] | None = None  # None when served as stored
     model_device_type: str
     model_pipeline_tag: str | None = "text-generation"
     max_concurrent_requests: int

@@ -21,6 +21,7 @@ import torch
 from app.errors import AppError
 from app.generation.errors import GenerationFailed, ModelUnavailable
 from app.records import CheckpointRecord
+from app.runtime.casting import cast_parameters
 from app.runtime.folders import DEFAULT_MAX_ENTRIES
 from app.runtime.loading import StoredCheckpoint, materialize, require_readable_files
 from app.storage.base import BlobStorage
@@ -99,17 +100,6 @@ def stored_checkpoint_loader(
             return LoadedModel.of(cast_parameters(checkpoint.model(), serving_dtype), tokenizer)
 
     return load
-
-
-def cast_parameters(model: Any, dtype: str) -> Any:
-    """The model with its floating parameters in `dtype` ("stored": as they are). Buffers keep
-    theirs, as `from_pretrained(dtype=...)` leaves them (rotary frequencies stay float32)."""
-    if dtype != "stored":
-        target = getattr(torch, dtype)
-        for parameter in model.parameters():
-            if parameter.is_floating_point():
-                parameter.data = parameter.data.to(target)
-    return model
 
 
 class ModelCache:

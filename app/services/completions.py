@@ -50,6 +50,7 @@ class Completions:
                     created=int(m.created_at.timestamp()),
                     dtype=m.dtype,
                     stored_dtype=m.stored_dtype,
+                    serving_drift=m.serving_drift,
                 )
                 for m in servable
             ]

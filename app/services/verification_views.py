@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, model_validator
 
 from app.db.models import Checkpoint, Verification
+from app.runtime.casting import CastDtype
 from app.services.views import UtcDateTime
 
 CheckName = Literal[
@@ -15,15 +16,22 @@ CheckName = Literal[
 
 
 class ReferenceSpec(BaseModel):
-    """Exactly one of: another stored checkpoint, or a reference outputs document."""
+    """Exactly one of: another stored checkpoint, a reference outputs document, or the
+    checkpoint's own weights cast to `dtype` (the drift of serving it in that dtype)."""
 
     checkpoint: str | None = None
     outputs: dict[str, Any] | None = None
+    dtype: CastDtype | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ReferenceSpec:
-        if (self.checkpoint is None) == (self.outputs is None):
-            raise ValueError("give reference.checkpoint or reference.outputs, not both or neither")
+        given = [
+            value for value in (self.checkpoint, self.outputs, self.dtype) if value is not None
+        ]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of reference.checkpoint, reference.outputs or reference.dtype"
+            )
         return self
 
 

@@ -19,6 +19,7 @@ from app.db.repositories import CheckpointRepository
 from app.ingest.types import IngestLimits
 from app.jobs.queue import ClaimedJob, JobQueue
 from app.records import CheckpointRecord
+from app.runtime.casting import CastCheckpoint
 from app.runtime.folders import DEFAULT_MAX_ENTRIES
 from app.runtime.loading import CheckpointFileMissing, StoredCheckpoint, materialize
 from app.services.checkpoints import VERIFIED
@@ -66,9 +67,15 @@ class VerifyJobRunner:
                 return None
             repo = CheckpointRepository(session)
             subject = _snapshot(repo, verification.checkpoint_id)
-            reference_id = (verification.request.get("reference") or {}).get("checkpoint")
-            reference = _snapshot(repo, reference_id) if reference_id else None
-            return _Plan(verification.request, subject, reference, verification.reference_outputs)
+            spec = verification.request.get("reference") or {}
+            reference = _snapshot(repo, spec["checkpoint"]) if spec.get("checkpoint") else None
+            return _Plan(
+                verification.request,
+                subject,
+                reference,
+                verification.reference_outputs,
+                spec.get("dtype"),
+            )
 
     def _mark_running(self, verification_id: str) -> None:
         with self.db.transaction() as session:
@@ -83,7 +90,7 @@ class VerifyJobRunner:
             subject = self._loaded(plan.subject, device, held)
         except CheckpointFileMissing as missing:
             return _incomplete_report(plan, device, missing.message, started, clock)
-        reference = self._loaded(plan.reference, device, held) if plan.reference else None
+        reference = self._reference(plan, subject, device, held)
         options = _options(plan.request)
         if plan.outputs is not None:
             # The document fixes the inputs and continuation length its outputs were made with.
@@ -120,6 +127,17 @@ class VerifyJobRunner:
             "error": None,
         }
 
+    def _reference(
+        self,
+        plan: _Plan,
+        subject: StoredCheckpoint,
+        device: torch.device,
+        held: contextlib.ExitStack,
+    ) -> StoredCheckpoint | None:
+        if plan.reference_dtype is not None:
+            return CastCheckpoint(plan.subject, subject.folder, device, plan.reference_dtype)
+        return self._loaded(plan.reference, device, held) if plan.reference else None
+
     def _device_for(self, requested: str) -> torch.device:
         return self.device if requested == "auto" else resolve_device(requested)
 
@@ -139,6 +157,7 @@ class _Plan:
     subject: CheckpointRecord
     reference: CheckpointRecord | None
     outputs: dict[str, Any] | None
+    reference_dtype: str | None = None  # the subject's own weights, cast to this dtype
 
 
 def _incomplete_report(
@@ -154,7 +173,9 @@ def _incomplete_report(
         else CheckResult(name, "not_applicable", detail=f"not run: {missing}")
         for name in dict.fromkeys(("integrity", *names))
     ]
-    has_reference = plan.reference is not None or plan.outputs is not None
+    has_reference = (
+        plan.reference is not None or plan.outputs is not None or (plan.reference_dtype is not None)
+    )
     verdict = report_verdict(
         results,
         plan.subject,
